@@ -1,0 +1,3 @@
+"""attnmt: attention-based neural machine translation."""
+
+__version__ = "0.1.0"

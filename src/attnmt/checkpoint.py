@@ -1,0 +1,64 @@
+"""Finding and loading checkpoints for decoding, with one-line errors for bad paths or files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from attnmt.data.tokenizer import Tokenizer
+from attnmt.errors import CheckpointError
+from attnmt.models.base import Seq2Seq
+from attnmt.task import CHECKPOINT_KEY
+from attnmt.utils.config import build
+
+log = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a training run's folder (then its best checkpoint, else its last)."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt"):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(
+            f"{path}: a folder without checkpoints/best.ckpt or checkpoints/last.ckpt; "
+            "give a .ckpt file or a training run's output folder"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict:
+    try:
+        # weights_only=False: Lightning checkpoints hold callback and loop state beside the
+        # tensors. Only load checkpoints you trust.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not an attnmt checkpoint (no '{CHECKPOINT_KEY}' entry)")
+    return ckpt
+
+
+def load_for_decoding(path: str | Path) -> tuple[Seq2Seq, Tokenizer, dict, Path]:
+    """Rebuild the model (in eval mode), its tokenizer and its training config from a checkpoint."""
+    path = resolve_checkpoint(path)
+    ckpt = read_checkpoint(path)
+    meta = ckpt[CHECKPOINT_KEY]
+    config, tokenizer = meta["config"], Tokenizer.from_state(meta["tokenizer"])
+    model = build(
+        config["model"], "model", src_vocab_size=tokenizer.src_vocab_size,
+        tgt_vocab_size=tokenizer.tgt_vocab_size, joint_vocab=tokenizer.joint,
+    )
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match its model config ({str(e).splitlines()[0]})") from None
+    model.eval()
+    log.info("Loaded %s (%s, %d parameters)", path, config["model"]["_target_"], model.num_parameters())
+    return model, tokenizer, config, path

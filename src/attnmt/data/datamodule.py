@@ -1,0 +1,234 @@
+"""The LightningDataModule: raw parallel text -> sentencepiece ids -> token-budget batches.
+
+Subclasses say where a corpus's files are (:meth:`split_files`) and how to obtain them
+(:meth:`prepare_corpus`); everything else (checks, subwords, filtering, batching) is shared.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from attnmt.data.batching import TokenBucketBatchSampler
+from attnmt.data.io import read_parallel
+from attnmt.data.synthetic import SRC_LANG, TGT_LANG, ensure_synthetic
+from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
+from attnmt.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+
+class ParallelDataset(Dataset):
+    """Encoded pairs: the source ends with ``</s>``; the target is ``<s> ... </s>``."""
+
+    def __init__(self, src_ids: list[list[int]], tgt_ids: list[list[int]] | None = None):
+        self.src = [ids + [EOS_ID] for ids in src_ids]
+        self.tgt = None if tgt_ids is None else [[BOS_ID] + ids + [EOS_ID] for ids in tgt_ids]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def lengths(self) -> list[int]:
+        """Padded cost of each example: its longer side (the target counts without ``<s>``)."""
+        if self.tgt is None:
+            return [len(s) for s in self.src]
+        return [max(len(s), len(t) - 1) for s, t in zip(self.src, self.tgt)]
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        src = pad([self.src[i] for i in indices])
+        batch = {
+            "idx": torch.tensor(indices),
+            "src": src,  # (B, S)
+            "src_mask": src != PAD_ID,  # (B, S) True on real tokens
+        }
+        if self.tgt is not None:
+            tgt = pad([self.tgt[i] for i in indices])
+            batch["tgt_in"] = tgt[:, :-1]  # (B, T): <s> y_1 ... y_n
+            batch["tgt_out"] = tgt[:, 1:]  # (B, T): y_1 ... y_n </s>
+        return batch
+
+
+def pad(seqs: list[list[int]]) -> torch.Tensor:
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), PAD_ID, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        out[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+class TranslationDataModule(pl.LightningDataModule):
+    """Shared pipeline. ``max_tokens`` bounds each batch's padded size; ``max_len`` (subword tokens)
+    filters over-long training pairs; evaluation splits are never filtered."""
+
+    def __init__(
+        self,
+        src_lang: str,
+        tgt_lang: str,
+        max_tokens: int = 4096,
+        max_len: int = 128,
+        vocab_size: int = 8000,
+        joint_vocab: bool = True,
+        spm_model_type: str = "unigram",
+        character_coverage: float = 1.0,
+        cache_dir: str | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if max_len + 1 > max_tokens:
+            raise ConfigError(
+                f"data.max_len={max_len} does not fit in data.max_tokens={max_tokens}: "
+                "max_tokens must be larger than max_len"
+            )
+        if spm_model_type not in ("unigram", "bpe", "char", "word"):
+            raise ConfigError(
+                f"data.spm_model_type={spm_model_type!r} is not one of unigram, bpe, char, word"
+            )
+        self.src_lang, self.tgt_lang = src_lang, tgt_lang
+        self.max_tokens, self.max_len = max_tokens, max_len
+        self.spm_settings = {
+            "vocab_size": vocab_size,
+            "model_type": spm_model_type,
+            "character_coverage": character_coverage,
+        }
+        self.joint_vocab = joint_vocab
+        self.cache_dir = cache_dir
+        self.num_workers = num_workers
+        self.seed = seed
+        self.tokenizer: Tokenizer | None = None
+        self.datasets: dict[str, ParallelDataset] = {}
+
+    # -- what a corpus provides ------------------------------------------------------------------
+    def prepare_corpus(self) -> None:
+        """Make the corpus files exist (generate, download); a no-op for files already on disk."""
+
+    def split_files(self, split: str) -> tuple[Path, Path]:
+        """(source file, target file) of a split."""
+        raise NotImplementedError
+
+    def alignment_file(self, split: str) -> Path | None:
+        """Gold word alignments (Pharaoh) of a split, where the corpus has them."""
+        return None
+
+    def spm_cache_dir(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else self.split_files("train")[0].parent
+
+    # -- shared pipeline -------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.prepare_corpus()
+        self.build_tokenizer()
+
+    def build_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is not None:
+            return self.tokenizer
+        src_file, tgt_file = self.split_files("train")
+        src, tgt = read_parallel(src_file, tgt_file)
+        cache = self.spm_cache_dir()
+        if self.joint_vocab:
+            proto = train_sentencepiece(src + tgt, cache, "joint", self.spm_settings, [src_file, tgt_file])
+            self.tokenizer = Tokenizer(proto)
+        else:
+            self.tokenizer = Tokenizer(
+                train_sentencepiece(src, cache, self.src_lang, self.spm_settings, [src_file]),
+                train_sentencepiece(tgt, cache, self.tgt_lang, self.spm_settings, [tgt_file]),
+            )
+        return self.tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_corpus()
+        tok = self.build_tokenizer()
+        if "train" not in self.datasets and stage in (None, "fit"):
+            src, tgt = read_parallel(*self.split_files("train"))
+            src_ids, tgt_ids = tok.encode_src(src), tok.encode_tgt(tgt)
+            keep = [
+                i for i, (s, t) in enumerate(zip(src_ids, tgt_ids))
+                if 0 < len(s) <= self.max_len and 0 < len(t) <= self.max_len
+            ]
+            dropped = len(src_ids) - len(keep)
+            log.info(
+                "train: %d pairs kept, %d dropped (empty or longer than data.max_len=%d subwords)",
+                len(keep), dropped, self.max_len,
+            )
+            self.datasets["train"] = ParallelDataset([src_ids[i] for i in keep], [tgt_ids[i] for i in keep])
+        if "valid" not in self.datasets and stage in (None, "fit", "validate"):
+            self.datasets["valid"] = self.eval_dataset("valid")
+
+    def eval_dataset(self, split: str) -> ParallelDataset:
+        src, tgt = read_parallel(*self.split_files(split))
+        return self.encode_for_eval(src, tgt)
+
+    def encode_for_eval(self, src: list[str], tgt: list[str] | None = None) -> ParallelDataset:
+        """Evaluation keeps every line (so scores cover the whole split); long ones are truncated."""
+        tok = self.build_tokenizer()
+        src_ids = [ids[: self.max_len] for ids in tok.encode_src(src)]
+        tgt_ids = None if tgt is None else [ids[: self.max_len] for ids in tok.encode_tgt(tgt)]
+        return ParallelDataset(src_ids, tgt_ids)
+
+    def references(self, split: str) -> list[str]:
+        """Untouched target lines of a split: what BLEU is computed against."""
+        return read_parallel(*self.split_files(split))[1]
+
+    def loader(self, dataset: ParallelDataset, shuffle: bool, max_tokens: int | None = None) -> DataLoader:
+        rank, world = 0, 1
+        if self.trainer is not None and shuffle:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        sampler = TokenBucketBatchSampler(
+            dataset.lengths(), max_tokens or self.max_tokens, shuffle=shuffle,
+            seed=self.seed, num_replicas=world, rank=rank,
+        )
+        return DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=dataset.collate,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.datasets["train"], shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.datasets["valid"], shuffle=False)
+
+
+class SyntheticDataModule(TranslationDataModule):
+    """The embedded corpus (:mod:`attnmt.data.synthetic`), generated on first use."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        num_train: int = 24000,
+        num_valid: int = 1000,
+        num_test: int = 1000,
+        generator_seed: int = 7,
+        src_lang: str = SRC_LANG,
+        tgt_lang: str = TGT_LANG,
+        **kwargs,
+    ):
+        if (src_lang, tgt_lang) not in ((SRC_LANG, TGT_LANG), (TGT_LANG, SRC_LANG)):
+            raise ConfigError(
+                f"data.src_lang={src_lang!r}, data.tgt_lang={tgt_lang!r}: the synthetic corpus has "
+                f"languages {SRC_LANG!r} and {TGT_LANG!r}"
+            )
+        super().__init__(src_lang=src_lang, tgt_lang=tgt_lang, **kwargs)
+        self.data_dir = Path(data_dir)
+        self.sizes = dict(num_train=num_train, num_valid=num_valid, num_test=num_test)
+        self.generator_seed = generator_seed
+
+    def prepare_corpus(self) -> None:
+        ensure_synthetic(self.data_dir, seed=self.generator_seed, **self.sizes)
+
+    def split_files(self, split: str) -> tuple[Path, Path]:
+        if split not in SPLITS:
+            raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+        return self.data_dir / f"{split}.{self.src_lang}", self.data_dir / f"{split}.{self.tgt_lang}"
+
+    def alignment_file(self, split: str) -> Path | None:
+        # Gold links are written source(en)-target(syn); the reverse direction would need flipping.
+        path = self.data_dir / f"{split}.align"
+        return path if self.src_lang == SRC_LANG and path.exists() else None

@@ -1,0 +1,109 @@
+"""Sentencepiece subwords, trained on the training split and cached by a key of its inputs.
+
+Ids 0-3 are fixed for every model: padding, unknown, begin and end of sentence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import sentencepiece as spm
+
+from attnmt.utils.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class Tokenizer:
+    """Source and target sentencepiece models (the same object when the vocabulary is joint)."""
+
+    def __init__(self, src_proto: bytes, tgt_proto: bytes | None = None):
+        self.src_proto = src_proto
+        self.tgt_proto = tgt_proto if tgt_proto is not None else src_proto
+        self.joint = tgt_proto is None or tgt_proto == src_proto
+        self.src = spm.SentencePieceProcessor(model_proto=self.src_proto)
+        self.tgt = self.src if self.joint else spm.SentencePieceProcessor(model_proto=self.tgt_proto)
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self.src.get_piece_size()
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.tgt.get_piece_size()
+
+    def encode_src(self, lines: list[str]) -> list[list[int]]:
+        return self.src.encode(lines)
+
+    def encode_tgt(self, lines: list[str]) -> list[list[int]]:
+        return self.tgt.encode(lines)
+
+    def decode_tgt(self, ids: list[list[int]]) -> list[str]:
+        return self.tgt.decode(ids)
+
+    def src_pieces(self, ids: list[int]) -> list[str]:
+        return [self.src.id_to_piece(i) for i in ids]
+
+    def tgt_pieces(self, ids: list[int]) -> list[str]:
+        return [self.tgt.id_to_piece(i) for i in ids]
+
+    def state(self) -> dict:
+        """What a checkpoint stores to rebuild this tokenizer without the data."""
+        return {"src_proto": self.src_proto, "tgt_proto": None if self.joint else self.tgt_proto}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Tokenizer":
+        return cls(state["src_proto"], state["tgt_proto"])
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def train_sentencepiece(
+    lines: list[str], cache_dir: Path, name: str, settings: dict, source_files: list[Path]
+) -> bytes:
+    """Train (or load from ``cache_dir``) a sentencepiece model; returns its serialized proto.
+
+    The cache key covers the content of ``source_files`` and every setting, so a changed corpus or
+    setting trains a new model while an unchanged one is reused.
+    """
+    key_material = json.dumps(
+        {"files": [_file_digest(p) for p in source_files], "settings": settings, "name": name},
+        sort_keys=True,
+    )
+    key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"spm-{name}-{key}.model"
+    if path.is_file():
+        log.info("Reusing sentencepiece model %s", path)
+        return path.read_bytes()
+    log.info("Training sentencepiece model %s (%s)", path, settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(tmp) / "input.txt"
+        text.write_text("".join(line + "\n" for line in lines if line.strip()), encoding="utf-8")
+        spm.SentencePieceTrainer.train(
+            input=str(text),
+            model_prefix=str(Path(tmp) / "spm"),
+            vocab_size=settings["vocab_size"],
+            model_type=settings["model_type"],
+            character_coverage=settings["character_coverage"],
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            hard_vocab_limit=False,
+            input_sentence_size=settings.get("input_sentence_size", 1_000_000),
+            shuffle_input_sentence=True,
+            num_threads=2,
+            minloglevel=2,
+        )
+        proto = (Path(tmp) / "spm.model").read_bytes()
+    atomic_write_bytes(path, proto)
+    return proto

@@ -1,0 +1,229 @@
+"""RNN encoder-decoders with attention.
+
+* :class:`BahdanauRNN` -- Bahdanau, Cho & Bengio (2015), "Neural Machine Translation by Jointly
+  Learning to Align and Translate", appendix A: the score uses the *previous* decoder state
+  ``s_{t-1}``; the context ``c_t`` is an input of the recurrent step.
+* :class:`LuongRNN` -- Luong, Pham & Manning (2015), "Effective Approaches to Attention-based
+  Neural Machine Translation", section 3.1 (global attention): the score uses the *current* state
+  ``h_t``; the attentional state ``h~_t = tanh(W_c [c_t; h_t])`` (eq. 5) predicts the word and,
+  with input feeding (section 3.3), is fed to the next step.
+
+Both share the bidirectional encoder, the initial state (a projection of the masked mean of the
+encoder states) and the attention module (:mod:`attnmt.models.attention`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from attnmt.errors import ConfigError
+from attnmt.models.attention import Attention
+from attnmt.models.base import Seq2Seq, State
+
+RNN_TYPES = {"gru": nn.GRU, "lstm": nn.LSTM}
+
+
+def rnn_class(rnn_type: str) -> type[nn.RNNBase]:
+    if rnn_type not in RNN_TYPES:
+        raise ConfigError(f"model.rnn_type={rnn_type!r} is not one of {', '.join(RNN_TYPES)}")
+    return RNN_TYPES[rnn_type]
+
+
+class RNNEncoder(nn.Module):
+    """Bidirectional multi-layer GRU/LSTM over packed sequences (padding never enters the RNN)."""
+
+    def __init__(self, emb_size: int, hidden_size: int, num_layers: int, rnn_type: str, dropout: float):
+        super().__init__()
+        self.rnn = rnn_class(rnn_type)(
+            emb_size, hidden_size, num_layers, batch_first=True, bidirectional=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+
+    def forward(self, emb: Tensor, lengths: Tensor) -> Tensor:
+        """``emb`` ``(B, S, E)``, ``lengths`` ``(B,)`` -> states ``h_j = [h_fwd; h_bwd]`` ``(B, S, 2H)``."""
+        packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=emb.size(1))
+        return out
+
+
+class RNNSeq2Seq(Seq2Seq):
+    """Shared parts of the RNN models. Subclasses define the decoder step."""
+
+    def __init__(
+        self,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        attention: Callable[..., Attention],
+        emb_size: int = 256,
+        hidden_size: int = 256,
+        encoder_hidden_size: int | None = None,
+        encoder_layers: int = 1,
+        decoder_layers: int = 1,
+        rnn_type: str = "gru",
+        dropout: float = 0.2,
+        joint_vocab: bool = False,
+    ):
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.dropout={dropout} must be in [0, 1)")
+        self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
+        self.hidden_size, self.decoder_layers = hidden_size, decoder_layers
+        self.is_lstm = rnn_type == "lstm"
+        # Per direction; by default the memory (both directions) has the decoder's size, so that
+        # Luong's dot score needs no projection.
+        encoder_hidden_size = encoder_hidden_size or hidden_size // 2
+        memory_size = 2 * encoder_hidden_size
+
+        self.src_embed = nn.Embedding(src_vocab_size, emb_size, padding_idx=0)
+        self.tgt_embed = nn.Embedding(tgt_vocab_size, emb_size, padding_idx=0)
+        self.encoder = RNNEncoder(emb_size, encoder_hidden_size, encoder_layers, rnn_type, dropout)
+        self.bridge = nn.Linear(memory_size, decoder_layers * hidden_size)
+        self.rnn = rnn_class(rnn_type)(
+            self.decoder_input_size(emb_size, memory_size), hidden_size, decoder_layers,
+            batch_first=True, dropout=dropout if decoder_layers > 1 else 0.0,
+        )
+        self.attention = attention(query_size=hidden_size, key_size=memory_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def decoder_input_size(self, emb_size: int, memory_size: int) -> int:
+        raise NotImplementedError
+
+    # -- encoder ---------------------------------------------------------------------------------
+    def encode(self, src: Tensor, src_mask: Tensor, need_attention: bool = False) -> State:
+        emb = self.dropout(self.src_embed(src))  # (B, S, E)
+        memory = self.encoder(emb, src_mask.sum(1))  # (B, S, M)
+        return {"memory": memory, "keys": self.attention.project_keys(memory), "src_mask": src_mask}
+
+    def init_state(self, enc: State) -> State:
+        mask = enc["src_mask"].unsqueeze(-1).to(enc["memory"].dtype)  # (B, S, 1)
+        mean = (enc["memory"] * mask).sum(1) / mask.sum(1)  # (B, M)
+        h = torch.tanh(self.bridge(mean)).view(-1, self.decoder_layers, self.hidden_size)  # (B, L, H)
+        state = {"h": h}
+        if self.is_lstm:
+            state["c"] = torch.zeros_like(h)
+        return state
+
+    def run_rnn(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """``x`` ``(B, T, I)`` -> top-layer outputs ``(B, T, H)`` and the new (batch-first) state."""
+        h = state["h"].transpose(0, 1).contiguous()  # (L, B, H)
+        if self.is_lstm:
+            out, (h, c) = self.rnn(x, (h, state["c"].transpose(0, 1).contiguous()))
+            return out, {"h": h.transpose(0, 1), "c": c.transpose(0, 1)}
+        out, h = self.rnn(x, h)
+        return out, {"h": h.transpose(0, 1)}
+
+    # -- decoding: the recurrence runs step by step; what does not recur runs once over all steps --
+    def recur(self, enc: State, state: State, emb: Tensor) -> tuple[dict[str, Tensor], Tensor, State]:
+        """One recurrent step from the embedded previous token ``emb`` ``(B, 1, E)``: the
+        per-step tensors the readout needs, the attention weights ``(B, 1, S)`` and the new state."""
+        raise NotImplementedError
+
+    def readout(self, emb: Tensor, **step: Tensor) -> Tensor:
+        """Logits ``(B, T, V)`` from the embedded inputs ``(B, T, E)`` and the stacked step tensors."""
+        raise NotImplementedError
+
+    def decode_step(self, enc: State, state: State, prev: Tensor, need_attention: bool = False):
+        emb = self.dropout(self.tgt_embed(prev)).unsqueeze(1)  # (B, 1, E)
+        step, weights, state = self.recur(enc, state, emb)
+        logits = self.readout(emb, **step).squeeze(1)  # (B, V)
+        attn = {"cross": weights[:, None, None, 0]} if need_attention else {}  # (B, 1, 1, S)
+        return logits, state, attn
+
+    def decode(self, enc: State, tgt_in: Tensor, need_attention: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        emb = self.dropout(self.tgt_embed(tgt_in))  # (B, T, E)
+        state = self.init_state(enc)
+        steps: dict[str, list[Tensor]] = {}
+        weights = []
+        for t in range(tgt_in.size(1)):
+            step, w, state = self.recur(enc, state, emb[:, t : t + 1])
+            for k, v in step.items():
+                steps.setdefault(k, []).append(v)
+            weights.append(w)
+        logits = self.readout(emb, **{k: torch.cat(v, dim=1) for k, v in steps.items()})  # (B, T, V)
+        attention = {"cross": torch.cat(weights, dim=1)[:, None, None]} if need_attention else {}  # (B, 1, 1, T, S)
+        return logits, attention
+
+
+class BahdanauRNN(RNNSeq2Seq):
+    """``e_tj = score(s_{t-1}, h_j)``, ``c_t = sum_j a_tj h_j``, ``s_t = RNN([E y_{t-1}; c_t], s_{t-1})``,
+    ``p(y_t) = softmax(W_o tanh(W_t [s_t; c_t; E y_{t-1}]))`` (Bahdanau et al. 2015, A.2.2, with a
+    tanh layer in place of the maxout)."""
+
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, attention: Callable[..., Attention], **kwargs):
+        super().__init__(src_vocab_size, tgt_vocab_size, attention, **kwargs)
+        emb_size = self.tgt_embed.embedding_dim
+        memory_size = self.bridge.in_features
+        self.pre_output = nn.Linear(self.hidden_size + memory_size + emb_size, self.hidden_size)
+        self.generator = nn.Linear(self.hidden_size, tgt_vocab_size)
+
+    def decoder_input_size(self, emb_size: int, memory_size: int) -> int:
+        return emb_size + memory_size
+
+    def recur(self, enc: State, state: State, emb: Tensor):
+        query = state["h"][:, -1:]  # (B, 1, H): s_{t-1}, top layer
+        context, weights = self.attention(query, enc["keys"], enc["memory"], enc["src_mask"])  # (B, 1, M), (B, 1, S)
+        out, state = self.run_rnn(torch.cat([emb, context], dim=-1), state)  # (B, 1, H): s_t
+        return {"out": out, "context": context}, weights, state
+
+    def readout(self, emb: Tensor, out: Tensor, context: Tensor) -> Tensor:
+        hidden = torch.tanh(self.pre_output(torch.cat([out, context, emb], dim=-1)))  # (B, T, H)
+        return self.generator(self.dropout(hidden))  # (B, T, V)
+
+
+class LuongRNN(RNNSeq2Seq):
+    """``h_t = RNN([E y_{t-1}; h~_{t-1}], h_{t-1})`` (input feeding) or ``RNN(E y_{t-1}, h_{t-1})``,
+    ``a_t = softmax(score(h_t, h_s))``, ``h~_t = tanh(W_c [c_t; h_t])``, ``p(y_t) = softmax(W_s h~_t)``
+    (Luong et al. 2015, eqs. 5-8)."""
+
+    def __init__(
+        self,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        attention: Callable[..., Attention],
+        input_feeding: bool = True,
+        **kwargs,
+    ):
+        self.input_feeding = input_feeding
+        super().__init__(src_vocab_size, tgt_vocab_size, attention, **kwargs)
+        memory_size = self.bridge.in_features
+        self.W_c = nn.Linear(memory_size + self.hidden_size, self.hidden_size, bias=False)
+        self.generator = nn.Linear(self.hidden_size, tgt_vocab_size)
+
+    def decoder_input_size(self, emb_size: int, memory_size: int) -> int:
+        return emb_size + (self.hidden_size if self.input_feeding else 0)
+
+    def init_state(self, enc: State) -> State:
+        state = super().init_state(enc)
+        if self.input_feeding:
+            state["feed"] = state["h"].new_zeros(state["h"].size(0), self.hidden_size)  # h~_0 = 0
+        return state
+
+    def attend(self, enc: State, out: Tensor) -> tuple[Tensor, Tensor]:
+        """``out`` ``(B, T, H)`` -> attentional states ``h~`` ``(B, T, H)`` and weights ``(B, T, S)``."""
+        context, weights = self.attention(out, enc["keys"], enc["memory"], enc["src_mask"])
+        return torch.tanh(self.W_c(torch.cat([context, out], dim=-1))), weights
+
+    def recur(self, enc: State, state: State, emb: Tensor):
+        x = torch.cat([emb, state["feed"].unsqueeze(1)], dim=-1) if self.input_feeding else emb
+        out, new_state = self.run_rnn(x, state)  # (B, 1, H): h_t
+        h_tilde, weights = self.attend(enc, out)  # (B, 1, H), (B, 1, S)
+        if self.input_feeding:
+            new_state["feed"] = h_tilde.squeeze(1)
+        return {"h_tilde": h_tilde}, weights, new_state
+
+    def readout(self, emb: Tensor, h_tilde: Tensor) -> Tensor:
+        return self.generator(self.dropout(h_tilde))  # (B, T, V)
+
+    def decode(self, enc: State, tgt_in: Tensor, need_attention: bool = False):
+        if self.input_feeding:
+            return super().decode(enc, tgt_in, need_attention)
+        # Without input feeding the recurrence does not depend on attention: run it in one call.
+        emb = self.dropout(self.tgt_embed(tgt_in))  # (B, T, E)
+        out, _ = self.run_rnn(emb, self.init_state(enc))  # (B, T, H)
+        h_tilde, weights = self.attend(enc, out)  # (B, T, H), (B, T, S)
+        return self.readout(emb, h_tilde), ({"cross": weights[:, None, None]} if need_attention else {})

@@ -1,0 +1,76 @@
+"""Shared fixtures: the real Hydra config, composed and shrunk to CPU-test size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from attnmt.utils.config import build
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+MODELS = ["rnn_bahdanau", "rnn_luong", "transformer"]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Small enough to train in tens of seconds on two CPU cores, large enough to learn the grammar.
+TINY_MODEL = {
+    "rnn_bahdanau": ["model.emb_size=64", "model.hidden_size=128"],
+    "rnn_luong": ["model.emb_size=64", "model.hidden_size=128"],
+    "transformer": ["model.d_model=64", "model.num_heads=4", "model.d_ff=128", "model.encoder_layers=2",
+                    "model.decoder_layers=2"],
+}
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` exactly as the entry point would, with overrides."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """A small synthetic corpus (same generator, fewer pairs), shared by the whole session."""
+    from attnmt.data.synthetic import ensure_synthetic
+
+    return ensure_synthetic(tmp_path_factory.mktemp("synthetic"), num_train=6000, num_valid=200, num_test=200)
+
+
+def tiny_overrides(data_dir: Path, model: str = "rnn_bahdanau") -> list[str]:
+    return [
+        f"model={model}",
+        f"data.data_dir={data_dir}",
+        "data.num_train=6000", "data.num_valid=200", "data.num_test=200",
+        "data.vocab_size=600", "data.max_tokens=2048",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        *TINY_MODEL[model],
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_datamodule(tiny_data_dir, tmp_path_factory):
+    cfg = compose_config("train", tiny_overrides(tiny_data_dir), tmp_path_factory.mktemp("out"))
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def build_tiny_model(name: str, vocab_size: int = 50, overrides: list[str] = (), dropout: float = 0.0):
+    """A model from its real config, with small sizes and a made-up vocabulary size."""
+    cfg = compose_config("train", [f"model={name}", *TINY_MODEL[name], f"model.dropout={dropout}", *overrides])
+    torch.manual_seed(0)
+    model = build(cfg.model, "model", src_vocab_size=vocab_size, tgt_vocab_size=vocab_size, joint_vocab=True)
+    return model.eval()

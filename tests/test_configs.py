@@ -1,0 +1,107 @@
+"""Every config in every group composes and instantiates; bad values fail early with the key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+
+from attnmt.errors import ConfigError
+from attnmt.models.base import Seq2Seq
+from attnmt.utils.config import build
+
+from conftest import CONF, MODELS, build_tiny_model, compose_config, tiny_overrides
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_model_group_holds_the_three_families():
+    assert set(MODELS) <= set(options("model"))
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_every_model_config_builds_a_seq2seq_model(name):
+    cfg = compose_config("train", [f"model={name}"])
+    model = instantiate(cfg.model, src_vocab_size=100, tgt_vocab_size=100, joint_vocab=True)
+    assert isinstance(model, Seq2Seq) and model.num_parameters() > 0
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_every_data_config_instantiates(name, tmp_path):
+    cfg = compose_config("train", [f"data={name}", f"data.data_dir={tmp_path}"], tmp_path)
+    assert instantiate(cfg.data) is not None
+
+
+@pytest.mark.parametrize("name", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_every_optimizer_and_scheduler_instantiates(name, scheduler):
+    cfg = compose_config("train", [f"optimizer={name}", f"scheduler={scheduler}"])
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    opt = instantiate(cfg.optimizer)(params=params)
+    sched = instantiate(cfg.scheduler)(optimizer=opt)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] > 0
+
+
+@pytest.mark.parametrize("name", options("trainer"))
+def test_every_trainer_config_instantiates(name, tmp_path):
+    if "gpu" in name and not torch.cuda.is_available():
+        pytest.skip("trainer=gpu needs a CUDA device; none here")
+    cfg = compose_config("train", [f"trainer={name}"], tmp_path)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_overrides_reach_the_composed_config():
+    cfg = compose_config("train", ["trainer.max_epochs=2", "model.hidden_size=128", "data.max_tokens=2000"])
+    assert (cfg.trainer.max_epochs, cfg.model.hidden_size, cfg.data.max_tokens) == (2, 128, 2000)
+    cfg = compose_config("train", ["model=rnn_luong", "model.attention.score=concat"])
+    assert cfg.model.attention.score == "concat"
+
+
+def test_evaluate_config_composes():
+    cfg = compose_config("evaluate", ["ckpt=some/run", "eval.num_plots=3", "split=valid"])
+    assert (cfg.ckpt, cfg.eval.num_plots, cfg.split) == ("some/run", 3, "valid")
+
+
+def test_unknown_group_option_lists_the_choices():
+    with pytest.raises(MissingConfigException) as e:
+        compose_config("train", ["model=rnn_nope"])
+    assert "rnn_bahdanau" in str(e.value) and "transformer" in str(e.value)
+
+
+def test_unknown_key_is_refused():
+    with pytest.raises(ConfigCompositionException):
+        compose_config("train", ["model.hidden_sise=3"])
+
+
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        ("transformer", ["model.d_model=60", "model.num_heads=7"], "model.d_model=60 is not divisible by model.num_heads=7"),
+        ("rnn_luong", ["model.attention.score=cosine"], "model.attention.score='cosine' is not one of"),
+        ("rnn_bahdanau", ["model.rnn_type=tanh"], "model.rnn_type='tanh' is not one of gru, lstm"),
+    ],
+)
+def test_invalid_model_values_name_the_key(name, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_tiny_model(name, 50, overrides)
+
+
+def test_tied_embeddings_need_a_joint_vocabulary():
+    cfg = compose_config("train", ["model=transformer"])
+    with pytest.raises(ConfigError, match="model.tie_embeddings=true needs a joint"):
+        build(cfg.model, "model", src_vocab_size=10, tgt_vocab_size=12, joint_vocab=False)
+
+
+def test_max_len_must_fit_the_token_budget(tiny_data_dir, tmp_path):
+    cfg = compose_config("train", tiny_overrides(tiny_data_dir) + ["data.max_tokens=100", "data.max_len=200"], tmp_path)
+    with pytest.raises(ConfigError, match="data.max_len=200 does not fit in data.max_tokens=100"):
+        build(cfg.data, "data")

@@ -1,0 +1,134 @@
+"""Reading, checking, subwords and batching."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import random
+
+import pytest
+
+from attnmt.data.batching import TokenBucketBatchSampler, token_budget_batches
+from attnmt.data.io import read_lines, read_parallel
+from attnmt.data.synthetic import ensure_synthetic, generate_pairs
+from attnmt.errors import DataError
+from hydra.utils import instantiate
+
+from conftest import compose_config, tiny_overrides
+
+
+def test_line_count_mismatch_names_both_files_and_counts(tmp_path):
+    (tmp_path / "a.de").write_text("eins\nzwei\ndrei\n")
+    (tmp_path / "a.en").write_text("one\ntwo\n")
+    with pytest.raises(DataError) as e:
+        read_parallel(tmp_path / "a.de", tmp_path / "a.en")
+    msg = str(e.value)
+    assert "a.de has 3 lines" in msg and "a.en has 2" in msg and "\n" not in msg
+
+
+def test_missing_file_and_invalid_utf8_are_named(tmp_path):
+    with pytest.raises(DataError, match="nope.txt: no such file"):
+        read_lines(tmp_path / "nope.txt")
+    (tmp_path / "bad.txt").write_bytes(b"fine\nalso fine\n\xff\xfe broken\n")
+    with pytest.raises(DataError, match=r"bad.txt: line 3 is not valid UTF-8"):
+        read_lines(tmp_path / "bad.txt")
+
+
+def test_gzip_and_crlf_are_read_like_plain_text(tmp_path):
+    with gzip.open(tmp_path / "x.gz", "wt", encoding="utf-8") as f:
+        f.write("Ein Hund.\r\nZwei Katzen.\r\n")
+    assert read_lines(tmp_path / "x.gz") == ["Ein Hund.", "Zwei Katzen."]
+
+
+def test_synthetic_corpus_is_deterministic_and_aligned():
+    a, b = generate_pairs(300, seed=7), generate_pairs(300, seed=7)
+    assert [(p.src, p.tgt, p.links) for p in a] == [(p.src, p.tgt, p.links) for p in b]
+    assert generate_pairs(50, seed=8)[0].src != a[0].src
+    for p in a:
+        assert 3 <= len(p.src) <= 30
+        # Every target word is aligned, and every link is in range.
+        assert {j for _, j in p.links} == set(range(len(p.tgt)))
+        assert all(0 <= i < len(p.src) for i, _ in p.links)
+    # Reordering exists: some links cross (the target is verb-final).
+    crossing = sum(
+        1 for p in a for (i1, j1) in p.links for (i2, j2) in p.links if i1 < i2 and j1 > j2
+    )
+    assert crossing > 0
+
+
+def test_synthetic_files_are_identical_on_every_machine(tmp_path):
+    """A fingerprint of the generated data: a change to the generator must be deliberate."""
+    d = ensure_synthetic(tmp_path, num_train=100, num_valid=10, num_test=10)
+    digest = hashlib.sha256((d / "test.en").read_bytes() + (d / "test.align").read_bytes()).hexdigest()
+    again = ensure_synthetic(tmp_path / "again", num_train=100, num_valid=10, num_test=10)
+    assert digest == hashlib.sha256((again / "test.en").read_bytes() + (again / "test.align").read_bytes()).hexdigest()
+    lines = (d / "test.align").read_text().splitlines()
+    assert len(lines) == 10 and all(all("-" in link for link in line.split()) for line in lines)
+
+
+@pytest.mark.parametrize("max_tokens", [64, 300, 1000])
+def test_every_batch_respects_the_token_budget(max_tokens):
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 60) for _ in range(2000)]
+    sampler = TokenBucketBatchSampler(lengths, max_tokens, shuffle=True, seed=3)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(2000))
+    for b in batches:
+        assert len(b) * max(lengths[i] for i in b) <= max_tokens
+    # Bucketing: padding is small compared with random batching.
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert sum(lengths) / padded > 0.9
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_ranks_get_disjoint_equal_shares_that_cover_the_data(world):
+    rng = random.Random(1)
+    lengths = [rng.randint(1, 40) for _ in range(997)]
+    shares = [list(TokenBucketBatchSampler(lengths, 200, seed=5, num_replicas=world, rank=r)) for r in range(world)]
+    assert len({len(s) for s in shares}) == 1
+    assert len(shares[0]) == len(TokenBucketBatchSampler(lengths, 200, seed=5, num_replicas=world, rank=0))
+    everything = sorted(i for s in shares for b in s for i in b)
+    assert everything == list(range(997))
+
+
+def test_epochs_shuffle_differently_but_reproducibly():
+    lengths = [random.Random(2).randint(1, 30) for _ in range(500)]
+    s = TokenBucketBatchSampler(lengths, 100, seed=1)
+    s.set_epoch(0)
+    e0 = list(s)
+    s.set_epoch(1)
+    e1 = list(s)
+    s.set_epoch(0)
+    assert list(s) == e0 and e0 != e1
+
+
+def test_token_budget_batches_never_exceed_budget_with_single_long_items():
+    assert token_budget_batches([5, 5, 10], 10, [0, 1, 2]) == [[0, 1], [2]]
+
+
+def test_sentencepiece_cache_reused_then_rebuilt_on_a_changed_setting(tiny_data_dir, tmp_path):
+    def build(*extra):
+        cfg = compose_config("train", tiny_overrides(tiny_data_dir) + [f"data.cache_dir={tmp_path}", *extra], tmp_path)
+        dm = instantiate(cfg.data)
+        dm.prepare_data()
+        return dm.tokenizer
+
+    first = build()
+    models = sorted(tmp_path.glob("spm-*.model"))
+    assert len(models) == 1
+    mtime = models[0].stat().st_mtime_ns
+    second = build()
+    assert sorted(tmp_path.glob("spm-*.model")) == models and models[0].stat().st_mtime_ns == mtime
+    assert second.src_proto == first.src_proto
+    third = build("data.vocab_size=400")
+    assert len(list(tmp_path.glob("spm-*.model"))) == 2
+    assert third.src_vocab_size != first.src_vocab_size
+
+
+def test_datamodule_batches_hold_aligned_tensors(tiny_datamodule):
+    batch = next(iter(tiny_datamodule.train_dataloader()))
+    B, S = batch["src"].shape
+    assert batch["src_mask"].shape == (B, S)
+    assert batch["tgt_in"].shape == batch["tgt_out"].shape
+    assert (batch["tgt_in"][:, 1:] == batch["tgt_out"][:, :-1]).all()
+    assert B * max(S, batch["tgt_out"].size(1)) <= tiny_datamodule.max_tokens

@@ -1,0 +1,17 @@
+"""Train a translation model: python train.py [model=transformer] [key=value ...]"""
+
+import hydra
+from omegaconf import DictConfig
+
+from attnmt.errors import exit_on_user_error
+from attnmt.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
