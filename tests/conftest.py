@@ -34,8 +34,9 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path | No
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
-    if output_dir is not None:
-        with open_dict(cfg):
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a real run: the app's config does not hold Hydra's own
+        if output_dir is not None:
             cfg.paths.output_dir = str(output_dir)
     return cfg
 
@@ -48,14 +49,14 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     return ensure_synthetic(tmp_path_factory.mktemp("synthetic"), num_train=6000, num_valid=200, num_test=200)
 
 
-def tiny_overrides(data_dir: Path, model: str = "rnn_bahdanau") -> list[str]:
+def tiny_overrides(data_dir: Path, model: str = "rnn_bahdanau", tiny_model: bool = True) -> list[str]:
     return [
         f"model={model}",
         f"data.data_dir={data_dir}",
         "data.num_train=6000", "data.num_valid=200", "data.num_test=200",
         "data.vocab_size=600", "data.max_tokens=2048",
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        *TINY_MODEL[model],
+        *(TINY_MODEL[model] if tiny_model else []),
     ]
 
 
