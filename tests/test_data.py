@@ -132,3 +132,14 @@ def test_datamodule_batches_hold_aligned_tensors(tiny_datamodule):
     assert batch["tgt_in"].shape == batch["tgt_out"].shape
     assert (batch["tgt_in"][:, 1:] == batch["tgt_out"][:, :-1]).all()
     assert B * max(S, batch["tgt_out"].size(1)) <= tiny_datamodule.max_tokens
+
+
+def test_atomic_write_leaves_no_file_when_interrupted(tmp_path):
+    from attnmt.utils.io import atomic_path
+
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert list(tmp_path.iterdir()) == []

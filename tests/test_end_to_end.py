@@ -6,11 +6,13 @@ import json
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import open_dict
 
+from attnmt.compare import compare
 from attnmt.evaluation import evaluate, translate_dataset
 from attnmt.metrics import bleu
 from attnmt.training import build_model, train
@@ -34,25 +36,33 @@ def untrained_bleu(cfg) -> float:
     dm.prepare_data()
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, dm).eval()
-    src, refs = dm.split_files("test")
     dataset = dm.eval_dataset("test")
     hyps = dm.tokenizer.decode_tgt(translate_dataset(model, dataset, 4000, 1.5, progress=False))
     return bleu(hyps, dm.references("test"))
 
 
+@pytest.fixture(scope="module")
+def multirun(tiny_data_dir, tmp_path_factory):
+    """Each model as configured in conf/model (its real size) trained briefly on the small corpus,
+    in the layout of a Hydra multirun folder (one numbered run folder per model)."""
+    folder = tmp_path_factory.mktemp("multirun")
+    runs = {}
+    for i, name in enumerate(MODELS):
+        cfg = compose_config(
+            "train",
+            tiny_overrides(tiny_data_dir, name, tiny_model=False)
+            + [f"trainer.max_steps={STEPS}", "trainer.max_epochs=100", "trainer.val_check_interval=200",
+               "trainer.check_val_every_n_epoch=null"],
+            folder / str(i),
+        )
+        runs[name] = (cfg, folder / str(i), train(cfg))
+    return folder, runs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
-def test_training_then_evaluation_learns_the_task(name, tiny_data_dir, tmp_path):
-    run_dir = tmp_path / "run"
-    cfg = compose_config(
-        "train",
-        # The model as configured in conf/model (its real size), on the small corpus.
-        tiny_overrides(tiny_data_dir, name, tiny_model=False)
-        + [f"trainer.max_steps={STEPS}", "trainer.max_epochs=100", "trainer.val_check_interval=200",
-           "trainer.check_val_every_n_epoch=null"],
-        run_dir,
-    )
-    best = train(cfg)
+def test_training_then_evaluation_learns_the_task(name, multirun, tmp_path):
+    cfg, run_dir, best = multirun[1][name]
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "config.yaml").is_file()
@@ -67,6 +77,9 @@ def test_training_then_evaluation_learns_the_task(name, tiny_data_dir, tmp_path)
     assert "chrf" in saved and "ter" in saved and saved["num_sentences"] == 200
     hyps = (eval_dir / "hypotheses.txt").read_text().splitlines()
     assert len(hyps) == 200
+    # The file on disk scores the same as the reported figure.
+    refs = Path(saved["reference_file"]).read_text().splitlines()
+    assert bleu(hyps, refs) == saved["bleu"]["score"]
 
     baseline = untrained_bleu(cfg)
     assert baseline < 5.0
@@ -79,6 +92,20 @@ def test_training_then_evaluation_learns_the_task(name, tiny_data_dir, tmp_path)
         assert size is not None and size[0] > 200 and size[1] > 150, p
     if name == "transformer":
         assert (eval_dir / "heatmaps" / "0000.grid.png").is_file()
+
+
+@pytest.mark.slow
+def test_compare_tabulates_every_run(multirun):
+    folder, runs = multirun
+    rows = compare(folder)
+    assert [r["model"] for r in rows] == ["BahdanauRNN", "LuongRNN", "Transformer"]
+    for row, (name, (_, run_dir, best)) in zip(rows, runs.items()):
+        assert row["best_val_bleu"] == round(best, 2)
+        assert row["params"] > 0 and row["train_seconds"] > 0 and row["test_bleu"] > 30
+    table = (folder / "comparison.md").read_text()
+    assert table.startswith("| run | model | params |") and "sacreBLEU" in table
+    assert len((folder / "comparison.csv").read_text().splitlines()) == 4
+    assert is_png(folder / "val_bleu.png") is not None
 
 
 def run_entry(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:

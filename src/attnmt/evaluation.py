@@ -62,7 +62,7 @@ def export_heatmaps(
             raise ConfigError(f"eval.layer={layer} is out of range for a model with {L} decoder layers")
         layer_idx = layer % L
         where = "" if L == H == 1 else f", layer {layer_idx + 1}/{L}, mean of {H} heads"
-        title = f"{model_name}: cross-attention{where}, sentence {i}"
+        title = f"{model_name}: cross-attention{where}, sentence {i} (greedy output)"
         paths.append(
             plot_attention(cross[layer_idx].mean(0), src_tokens, tgt_tokens, title, out_dir / f"{i:04d}.png")
         )
@@ -76,26 +76,38 @@ def export_heatmaps(
     return paths
 
 
+def split_files(train_cfg: dict, split: str, src_file: str | None, ref_file: str | None) -> tuple[Path, Path]:
+    """Explicit files, or the named split of the data the checkpoint was trained on."""
+    if src_file or ref_file:
+        if not (src_file and ref_file):
+            raise ConfigError("src_file and ref_file go together: give both, or neither to use split=")
+        return Path(src_file), Path(ref_file)
+    datamodule = build(train_cfg["data"], "data")
+    datamodule.prepare_corpus()
+    return datamodule.split_files(split)
+
+
+def decode_file(
+    model: Seq2Seq, tokenizer: Tokenizer, train_cfg: dict, src_file: Path, ref_file: Path,
+    batch_tokens: int = 8000, max_len_ratio: float = 1.5, progress: bool = True,
+) -> tuple[ParallelDataset, list[list[int]], list[str], dict]:
+    """Greedy-decode ``src_file`` and score it against ``ref_file``: the dataset, hypothesis ids,
+    detokenized hypotheses and the sacreBLEU scores."""
+    sources, references = read_parallel(src_file, ref_file)
+    max_len = train_cfg["data"].get("max_len", 128)
+    dataset = ParallelDataset([ids[:max_len] for ids in tokenizer.encode_src(sources)])
+    hyp_ids = translate_dataset(model, dataset, batch_tokens, max_len_ratio, progress)
+    hypotheses = tokenizer.decode_tgt(hyp_ids)
+    return dataset, hyp_ids, hypotheses, corpus_scores(hypotheses, references)
+
+
 def evaluate(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     model, tokenizer, train_cfg, ckpt_path = load_for_decoding(cfg.ckpt)
-    torch.set_grad_enabled(False)
-
-    if cfg.get("src_file") or cfg.get("ref_file"):
-        if not (cfg.get("src_file") and cfg.get("ref_file")):
-            raise ConfigError("src_file and ref_file go together: give both, or neither to use split=")
-        src_file, ref_file = Path(cfg.src_file), Path(cfg.ref_file)
-    else:
-        datamodule = build(train_cfg["data"], "data")
-        datamodule.prepare_corpus()
-        src_file, ref_file = datamodule.split_files(cfg.split)
-    sources, references = read_parallel(src_file, ref_file)
-
-    max_len = train_cfg["data"].get("max_len", 128)
-    dataset = ParallelDataset([ids[:max_len] for ids in tokenizer.encode_src(sources)])
-    hyp_ids = translate_dataset(model, dataset, cfg.decode.batch_tokens, cfg.decode.max_len_ratio)
-    hypotheses = tokenizer.decode_tgt(hyp_ids)
-    scores = corpus_scores(hypotheses, references)
+    src_file, ref_file = split_files(train_cfg, cfg.split, cfg.get("src_file"), cfg.get("ref_file"))
+    dataset, hyp_ids, hypotheses, scores = decode_file(
+        model, tokenizer, train_cfg, src_file, ref_file, cfg.decode.batch_tokens, cfg.decode.max_len_ratio
+    )
 
     atomic_write_text(out_dir / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
     model_name = train_cfg["model"]["_target_"].rsplit(".", 1)[-1]
