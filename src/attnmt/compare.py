@@ -74,7 +74,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
-    from attnmt.plotting import plt, _save
+    from attnmt.plotting import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in curves.items():
@@ -85,7 +85,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     ax.set_title("Validation BLEU during training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def compare(folder: str | Path) -> list[dict]:

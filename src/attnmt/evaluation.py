@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from attnmt.checkpoint import load_for_decoding
 from attnmt.data.batching import TokenBucketBatchSampler
-from attnmt.data.datamodule import ParallelDataset
+from attnmt.data.datamodule import ParallelDataset, encode_for_eval
 from attnmt.data.io import read_parallel
 from attnmt.data.tokenizer import Tokenizer
 from attnmt.errors import ConfigError
@@ -56,7 +56,6 @@ def export_heatmaps(
         src_tokens = tokenizer.src_pieces(batch["src"][0].tolist())
         # Row t of the weights emits the (t+1)-th token of <s> y_1 .. y_n </s>.
         tgt_tokens = tokenizer.tgt_pieces(hyps[i]) + ["</s>"]
-        src_tokens[-1] = "</s>"
         L, H = cross.shape[:2]
         if not -L <= layer < L:
             raise ConfigError(f"eval.layer={layer} is out of range for a model with {L} decoder layers")
@@ -94,8 +93,7 @@ def decode_file(
     """Greedy-decode ``src_file`` and score it against ``ref_file``: the dataset, hypothesis ids,
     detokenized hypotheses and the sacreBLEU scores."""
     sources, references = read_parallel(src_file, ref_file)
-    max_len = train_cfg["data"].get("max_len", 128)
-    dataset = ParallelDataset([ids[:max_len] for ids in tokenizer.encode_src(sources)])
+    dataset = encode_for_eval(tokenizer, sources, max_len=train_cfg["data"].get("max_len", 128))
     hyp_ids = translate_dataset(model, dataset, batch_tokens, max_len_ratio, progress)
     hypotheses = tokenizer.decode_tgt(hyp_ids)
     return dataset, hyp_ids, hypotheses, corpus_scores(hypotheses, references)

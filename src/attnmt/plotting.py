@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 from attnmt.utils.io import atomic_path  # noqa: E402
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write ``fig`` atomically in the format of ``path``'s suffix, then close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=150, bbox_inches="tight")
     plt.close(fig)
@@ -43,7 +44,7 @@ def plot_attention(
     ax.set_ylabel("target")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="attention weight")
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -63,5 +64,5 @@ def plot_attention_grid(
             ax.set_title(f"layer {layer + 1}, head {head + 1}", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, label="attention weight")
-    _save(fig, path)
+    save_figure(fig, path)
     return path

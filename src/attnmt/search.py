@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnmt.data.datamodule import pad
 from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from attnmt.models.base import Seq2Seq
 
@@ -50,8 +51,6 @@ def forced_attention(model: Seq2Seq, src: Tensor, src_mask: Tensor, hyps: list[l
     ``decoder_self`` where the model has them) and the target ids ``(B, T)`` that were read
     (``<s>`` + hypothesis; row ``t`` of the weights is the step that produced token ``t``).
     """
-    from attnmt.data.datamodule import pad
-
     tgt_in = pad([[BOS_ID] + h for h in hyps]).to(src.device)
     enc = model.encode(src, src_mask, need_attention=True)
     _, attn = model.decode(enc, tgt_in, need_attention=True)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnmt.data.tokenizer import PAD_ID, Tokenizer
+from attnmt.errors import ConfigError
 from attnmt.metrics import bleu
 from attnmt.models.base import Seq2Seq
 from attnmt.search import greedy_search
@@ -36,8 +37,6 @@ class TranslationTask(pl.LightningModule):
     ):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
-            from attnmt.errors import ConfigError
-
             raise ConfigError(f"task.label_smoothing={label_smoothing} must be in [0, 1)")
         self.model = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler

@@ -29,6 +29,16 @@ def build_model(model_cfg: DictConfig | dict, datamodule: TranslationDataModule)
     return model
 
 
+def best_score(trainer: pl.Trainer, metric: str) -> float | None:
+    """The best value of ``metric`` kept by a checkpoint callback monitoring it, else its last
+    logged value (None if it was never logged)."""
+    for cb in trainer.checkpoint_callbacks:
+        if cb.monitor == metric and cb.best_model_score is not None:
+            return float(cb.best_model_score)
+    value = trainer.callback_metrics.get(metric)
+    return None if value is None else float(value)
+
+
 def train(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = cfg.paths.output_dir
@@ -57,13 +67,7 @@ def train(cfg: DictConfig) -> float | None:
     trainer.fit(task, datamodule=datamodule)
     elapsed = time.perf_counter() - start
 
-    metric = trainer.callback_metrics.get(cfg.get("optimized_metric", "val/bleu"))
-    best = None
-    for cb in trainer.checkpoint_callbacks:
-        if getattr(cb, "best_model_score", None) is not None:
-            best = float(cb.best_model_score)
-    if best is None and metric is not None:
-        best = float(metric)
+    best = best_score(trainer, "val/bleu")
     summary = {
         "model": cfg.model._target_,
         "num_parameters": model.num_parameters(),
@@ -73,4 +77,4 @@ def train(cfg: DictConfig) -> float | None:
     }
     atomic_write_text(f"{output_dir}/summary.yaml", OmegaConf.to_yaml(summary))
     log.info("Finished in %.1f s; best val/bleu %s; run folder %s", elapsed, best, output_dir)
-    return best
+    return best_score(trainer, cfg.optimized_metric)

@@ -57,6 +57,15 @@ class ParallelDataset(Dataset):
         return batch
 
 
+def encode_for_eval(
+    tokenizer: Tokenizer, src: list[str], tgt: list[str] | None = None, max_len: int = 128
+) -> ParallelDataset:
+    """Evaluation keeps every line (so scores cover the whole split); long ones are truncated."""
+    src_ids = [ids[:max_len] for ids in tokenizer.encode_src(src)]
+    tgt_ids = None if tgt is None else [ids[:max_len] for ids in tokenizer.encode_tgt(tgt)]
+    return ParallelDataset(src_ids, tgt_ids)
+
+
 def pad(seqs: list[list[int]]) -> torch.Tensor:
     out = torch.full((len(seqs), max(len(s) for s in seqs)), PAD_ID, dtype=torch.long)
     for row, s in enumerate(seqs):
@@ -163,14 +172,7 @@ class TranslationDataModule(pl.LightningDataModule):
 
     def eval_dataset(self, split: str) -> ParallelDataset:
         src, tgt = read_parallel(*self.split_files(split))
-        return self.encode_for_eval(src, tgt)
-
-    def encode_for_eval(self, src: list[str], tgt: list[str] | None = None) -> ParallelDataset:
-        """Evaluation keeps every line (so scores cover the whole split); long ones are truncated."""
-        tok = self.build_tokenizer()
-        src_ids = [ids[: self.max_len] for ids in tok.encode_src(src)]
-        tgt_ids = None if tgt is None else [ids[: self.max_len] for ids in tok.encode_tgt(tgt)]
-        return ParallelDataset(src_ids, tgt_ids)
+        return encode_for_eval(self.build_tokenizer(), src, tgt, self.max_len)
 
     def references(self, split: str) -> list[str]:
         """Untouched target lines of a split: what BLEU is computed against."""

@@ -106,19 +106,24 @@ class DecoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: Tensor, self_kv: tuple[Tensor, Tensor], self_mask: Tensor,
-        cross_kv: tuple[Tensor, Tensor], cross_mask: Tensor, need_weights: bool = False,
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """``self_kv`` are the projected keys/values of the decoder prefix (cached or not)."""
+        self, x: Tensor, self_mask: Tensor, cross_kv: tuple[Tensor, Tensor], cross_mask: Tensor,
+        past_kv: tuple[Tensor, Tensor] | None = None, need_weights: bool = False,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None, Tensor | None]:
+        """``x`` ``(B, T, D)``; ``past_kv`` the cached self-attention keys/values of earlier steps
+        ``(B, H, t, d_k)``, or None. Returns the output, the keys/values including ``x``'s
+        positions (the cache for the next step), and the self- and cross-attention weights."""
         norm = self.norm_first
         h = self.ln_1(x) if norm else x
-        a, w_self = self.self_attn(h, *self_kv, self_mask, need_weights)
+        k, v = self.self_attn.project_kv(h)  # (B, H, T, d_k)
+        if past_kv is not None:
+            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)  # (B, H, t+T, d_k)
+        a, w_self = self.self_attn(h, k, v, self_mask, need_weights)
         x = x + self.dropout(a) if norm else self.ln_1(x + self.dropout(a))
         h = self.ln_2(x) if norm else x
         a, w_cross = self.cross_attn(h, *cross_kv, cross_mask, need_weights)
         x = x + self.dropout(a) if norm else self.ln_2(x + self.dropout(a))
         x = x + self.dropout(self.mlp(self.ln_3(x))) if norm else self.ln_3(x + self.dropout(self.mlp(x)))
-        return x, w_self, w_cross
+        return x, (k, v), w_self, w_cross
 
 
 class Transformer(Seq2Seq):
@@ -195,8 +200,7 @@ class Transformer(Seq2Seq):
         cross_mask = enc["src_mask"][:, None, None, :]  # (B, 1, 1, S)
         w_self, w_cross = [], []
         for layer, kv in zip(self.decoder, self.cross_kv(enc)):
-            h = layer.ln_1(x) if self.norm_first else x
-            x, ws, wc = layer(x, layer.self_attn.project_kv(h), causal, kv, cross_mask, need_attention)
+            x, _, ws, wc = layer(x, causal, kv, cross_mask, need_weights=need_attention)
             w_self.append(ws)
             w_cross.append(wc)
         logits = self.generator(self.ln_dec(x))  # (B, T, V)
@@ -209,40 +213,30 @@ class Transformer(Seq2Seq):
 
     # -- incremental decoding with a key/value cache ----------------------------------------------
     def init_state(self, enc: State) -> State:
-        """Cross-attention keys/values are projected once; self-attention keys/values grow by one
-        position per step. All tensors are batch-first: ``(B, L, H, len, d_k)``."""
-        kv = self.cross_kv(enc)
+        """Per decoder layer ``i``: cross-attention keys/values ``cross_k.i``/``cross_v.i``, projected
+        once, and self-attention keys/values ``self_k.i``/``self_v.i``, which grow by one position per
+        step. All ``(B, H, len, d_k)``, batch first. One entry per layer, so a step appends to each
+        layer's cache without copying the others."""
         B = enc["memory"].size(0)
-        L, H = len(self.decoder), self.decoder[0].self_attn.num_heads
-        empty = enc["memory"].new_zeros(B, L, H, 0, self.d_model // H)
-        return {
-            "cross_k": torch.stack([k for k, _ in kv], dim=1),
-            "cross_v": torch.stack([v for _, v in kv], dim=1),
-            "self_k": empty,
-            "self_v": empty,
-        }
+        state = {}
+        for i, (layer, (k, v)) in enumerate(zip(self.decoder, self.cross_kv(enc))):
+            H = layer.self_attn.num_heads
+            state[f"cross_k.{i}"], state[f"cross_v.{i}"] = k, v
+            state[f"self_k.{i}"] = state[f"self_v.{i}"] = k.new_zeros(B, H, 0, self.d_model // H)
+        return state
 
     def decode_step(self, enc: State, state: State, prev: Tensor, need_attention: bool = False):
-        t = state["self_k"].size(3)
+        t = state["self_k.0"].size(2)
         x = self.embed(self.tgt_embed, prev.unsqueeze(1), offset=t)  # (B, 1, D)
         self_mask = torch.ones(1, 1, dtype=torch.bool, device=x.device)  # the prefix is all visible
         cross_mask = enc["src_mask"][:, None, None, :]
-        new_k, new_v, w_cross = [], [], []
+        new_state, w_cross = dict(state), []
         for i, layer in enumerate(self.decoder):
-            h = layer.ln_1(x) if self.norm_first else x
-            k, v = layer.self_attn.project_kv(h)  # (B, H, 1, d_k)
-            k = torch.cat([state["self_k"][:, i], k], dim=2)  # (B, H, t+1, d_k)
-            v = torch.cat([state["self_v"][:, i], v], dim=2)
-            new_k.append(k)
-            new_v.append(v)
-            x, _, wc = layer(
-                x, (k, v), self_mask, (state["cross_k"][:, i], state["cross_v"][:, i]), cross_mask, need_attention
-            )
+            cross_kv = (state[f"cross_k.{i}"], state[f"cross_v.{i}"])
+            past_kv = (state[f"self_k.{i}"], state[f"self_v.{i}"])
+            x, (k, v), _, wc = layer(x, self_mask, cross_kv, cross_mask, past_kv, need_attention)
+            new_state[f"self_k.{i}"], new_state[f"self_v.{i}"] = k, v  # (B, H, t+1, d_k)
             w_cross.append(wc)
         logits = self.generator(self.ln_dec(x)).squeeze(1)  # (B, V)
-        new_state = {
-            "cross_k": state["cross_k"], "cross_v": state["cross_v"],
-            "self_k": torch.stack(new_k, dim=1), "self_v": torch.stack(new_v, dim=1),
-        }
         attn = {"cross": torch.stack(w_cross, dim=1)[:, :, :, 0]} if need_attention else {}  # (B, L, H, S)
         return logits, new_state, attn
