@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from attnmt.training import train
 from attnmt.utils.config import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +76,24 @@ def build_tiny_model(name: str, vocab_size: int = 50, overrides: list[str] = (),
     torch.manual_seed(0)
     model = build(cfg.model, "model", src_vocab_size=vocab_size, tgt_vocab_size=vocab_size, joint_vocab=True)
     return model.eval()
+
+
+STEPS = 400
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tiny_data_dir, tmp_path_factory):
+    """Each model as configured in conf/model (its real size) trained briefly on the small corpus,
+    in the layout of a Hydra multirun folder (one numbered run folder per model)."""
+    folder = tmp_path_factory.mktemp("multirun")
+    runs = {}
+    for i, name in enumerate(MODELS):
+        cfg = compose_config(
+            "train",
+            tiny_overrides(tiny_data_dir, name, tiny_model=False)
+            + [f"trainer.max_steps={STEPS}", "trainer.max_epochs=100", "trainer.val_check_interval=200",
+               "trainer.check_val_every_n_epoch=null"],
+            folder / str(i),
+        )
+        runs[name] = (cfg, folder / str(i), train(cfg))
+    return folder, runs

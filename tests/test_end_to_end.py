@@ -10,17 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import open_dict
+from conftest import MODELS, ROOT, compose_config
 
 from attnmt.compare import compare
-from attnmt.evaluation import evaluate, translate_dataset
+from attnmt.evaluation import evaluate
 from attnmt.metrics import bleu
-from attnmt.training import build_model, train
+from attnmt.training import build_model
+from attnmt.translate import DecodeSettings, translate_dataset
 from attnmt.utils.config import build
-
-from conftest import MODELS, ROOT, compose_config, tiny_overrides
-
-STEPS = 400
 
 
 def is_png(path) -> tuple[int, int] | None:
@@ -37,32 +34,15 @@ def untrained_bleu(cfg) -> float:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, dm).eval()
     dataset = dm.eval_dataset("test")
-    hyps = dm.tokenizer.decode_tgt(translate_dataset(model, dataset, 4000, 1.5, progress=False))
+    nbest = translate_dataset(model, dataset, DecodeSettings(beam_size=1, batch_tokens=4000), progress=False)
+    hyps = dm.tokenizer.decode_tgt([h[0].tokens for h in nbest])
     return bleu(hyps, dm.references("test"))
-
-
-@pytest.fixture(scope="module")
-def multirun(tiny_data_dir, tmp_path_factory):
-    """Each model as configured in conf/model (its real size) trained briefly on the small corpus,
-    in the layout of a Hydra multirun folder (one numbered run folder per model)."""
-    folder = tmp_path_factory.mktemp("multirun")
-    runs = {}
-    for i, name in enumerate(MODELS):
-        cfg = compose_config(
-            "train",
-            tiny_overrides(tiny_data_dir, name, tiny_model=False)
-            + [f"trainer.max_steps={STEPS}", "trainer.max_epochs=100", "trainer.val_check_interval=200",
-               "trainer.check_val_every_n_epoch=null"],
-            folder / str(i),
-        )
-        runs[name] = (cfg, folder / str(i), train(cfg))
-    return folder, runs
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
-def test_training_then_evaluation_learns_the_task(name, multirun, tmp_path):
-    cfg, run_dir, best = multirun[1][name]
+def test_training_then_evaluation_learns_the_task(name, trained_runs, tmp_path):
+    cfg, run_dir, best = trained_runs[1][name]
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "config.yaml").is_file()
@@ -86,17 +66,18 @@ def test_training_then_evaluation_learns_the_task(name, multirun, tmp_path):
     assert results["bleu"]["score"] > baseline + 30.0, (results["bleu"], baseline, best)
 
     pngs = sorted((eval_dir / "heatmaps").glob("*.png"))
-    assert [p.name for p in pngs if ".grid" not in p.name] == ["0000.png", "0001.png", "0002.png"]
+    main = "cross.layer3" if name == "transformer" else "cross"
+    assert [p.name for p in pngs if ".grid" not in p.name] == [f"000{i}.{main}.png" for i in range(3)]
     for p in pngs:
         size = is_png(p)
         assert size is not None and size[0] > 200 and size[1] > 150, p
     if name == "transformer":
-        assert (eval_dir / "heatmaps" / "0000.grid.png").is_file()
+        assert (eval_dir / "heatmaps" / "0000.cross.grid.png").is_file()
 
 
 @pytest.mark.slow
-def test_compare_tabulates_every_run(multirun):
-    folder, runs = multirun
+def test_compare_tabulates_every_run(trained_runs):
+    folder, runs = trained_runs
     rows = compare(folder)
     assert [r["model"] for r in rows] == ["BahdanauRNN", "LuongRNN", "Transformer"]
     for row, (name, (_, run_dir, best)) in zip(rows, runs.items()):

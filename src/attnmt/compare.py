@@ -85,7 +85,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     ax.set_title("Validation BLEU during training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    save_figure(fig, path)
+    save_figure(fig, path.with_suffix(""), (path.suffix.lstrip("."),))
 
 
 def compare(folder: str | Path) -> list[dict]:

@@ -1,5 +1,6 @@
-"""Evaluating a checkpoint: decode a split, score with sacreBLEU, write hypotheses, results and
-attention heatmaps into the output folder."""
+"""Evaluating a checkpoint: decode a split (greedy or beam), score it with sacreBLEU, extract word
+alignments from cross-attention and score them (AER) against gold links, export heatmaps and an
+``index.html``; everything lands in the output folder."""
 
 from __future__ import annotations
 
@@ -8,110 +9,124 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
-from tqdm import tqdm
+from omegaconf import DictConfig, OmegaConf
 
+from attnmt.alignment import (
+    Link,
+    alignment_error_rate,
+    format_links,
+    hard_links,
+    merge_to_words,
+    read_gold,
+    word_ids,
+)
 from attnmt.checkpoint import load_for_decoding
 from attnmt.data.batching import TokenBucketBatchSampler
-from attnmt.data.datamodule import ParallelDataset, encode_for_eval
+from attnmt.data.datamodule import ParallelDataset, encode_for_eval, pad
 from attnmt.data.io import read_parallel
 from attnmt.data.tokenizer import Tokenizer
-from attnmt.errors import ConfigError
+from attnmt.errors import ConfigError, DataError
+from attnmt.heatmaps import HeatmapSettings, check_layer, export_heatmaps, write_index
 from attnmt.metrics import corpus_scores
 from attnmt.models.base import Seq2Seq
-from attnmt.plotting import plot_attention, plot_attention_grid
-from attnmt.search import forced_attention, greedy_search
+from attnmt.search import forced_attention
+from attnmt.translate import DecodeSettings, translate_dataset
 from attnmt.utils.config import build
 from attnmt.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 
-def translate_dataset(
-    model: Seq2Seq, dataset: ParallelDataset, max_tokens: int, max_len_ratio: float, progress: bool = True
-) -> list[list[int]]:
-    """Greedy-decode every source of ``dataset`` in length-sorted token-budget batches; the
-    output keeps the dataset's order."""
-    sampler = TokenBucketBatchSampler(dataset.lengths(), max_tokens, shuffle=False)
-    hyps: list[list[int] | None] = [None] * len(dataset)
+def attention_links(
+    model: Seq2Seq, tokenizer: Tokenizer, dataset: ParallelDataset, pairs: list[tuple[int, list[int]]],
+    batch_tokens: int = 8000, layers: list[int] | None = None, method: str = "argmax", threshold: float = 0.5,
+) -> list[list[set[Link]]]:
+    """Word alignments of (source ``dataset.src[i]``, target ids) pairs from the model's
+    cross-attention while it reads the target: per layer in ``layers`` (all when ``None``), one
+    link set per pair. Heads are averaged; subwords are merged to words first."""
+    lengths = [max(len(dataset.src[i]), len(t) + 1) for i, t in pairs]
+    sampler = TokenBucketBatchSampler(lengths, batch_tokens, shuffle=False)
+    out: list[list[set[Link]]] | None = None
     with torch.inference_mode():
-        for indices in tqdm(list(sampler), desc="decoding", unit="batch", disable=not progress):
-            batch = dataset.collate(indices)
-            for i, h in zip(indices, greedy_search(model, batch["src"], batch["src_mask"], max_len_ratio)):
-                hyps[i] = h
-    return hyps  # type: ignore[return-value]
+        for batch in sampler:
+            src = pad([dataset.src[pairs[k][0]] for k in batch])
+            targets = [pairs[k][1] for k in batch]
+            attn, _ = forced_attention(model, src, src != 0, targets)
+            cross = attn["cross"].float().mean(2).numpy()  # (B, L, T, S), averaged over heads
+            L = cross.shape[1]
+            chosen = list(range(L)) if layers is None else [check_layer(x, L) for x in layers]
+            if out is None:
+                out = [[set() for _ in pairs] for _ in chosen]
+            for b, k in enumerate(batch):
+                src_ids, tgt = dataset.src[pairs[k][0]], pairs[k][1]
+                rows = word_ids(tokenizer.tgt_pieces(tgt) + ["</s>"])
+                cols = word_ids(tokenizer.src_pieces(src_ids))
+                for n, layer in enumerate(chosen):
+                    w = merge_to_words(cross[b, layer, : len(rows), : len(cols)], rows, cols)
+                    out[n][k] = hard_links(w, method, threshold)
+    return out or [[] for _ in (layers or [0])]
 
 
-def export_heatmaps(
-    model: Seq2Seq, tokenizer: Tokenizer, dataset: ParallelDataset, hyps: list[list[int]],
-    out_dir: Path, model_name: str, num_plots: int, layer: int, grid: bool,
-) -> list[Path]:
-    """Heatmaps of cross-attention for the first ``num_plots`` sentences, as the model decoded them."""
-    paths = []
-    n = min(num_plots, len(dataset))
-    for i in range(n):
-        batch = dataset.collate([i])
-        attn, tgt_in = forced_attention(model, batch["src"], batch["src_mask"], [hyps[i]])
-        cross = attn["cross"][0].float().numpy()  # (L, H, T, S)
-        src_tokens = tokenizer.src_pieces(batch["src"][0].tolist())
-        # Row t of the weights emits the (t+1)-th token of <s> y_1 .. y_n </s>.
-        tgt_tokens = tokenizer.tgt_pieces(hyps[i]) + ["</s>"]
-        L, H = cross.shape[:2]
-        if not -L <= layer < L:
-            raise ConfigError(f"eval.layer={layer} is out of range for a model with {L} decoder layers")
-        layer_idx = layer % L
-        where = "" if L == H == 1 else f", layer {layer_idx + 1}/{L}, mean of {H} heads"
-        title = f"{model_name}: cross-attention{where}, sentence {i} (greedy output)"
-        paths.append(
-            plot_attention(cross[layer_idx].mean(0), src_tokens, tgt_tokens, title, out_dir / f"{i:04d}.png")
-        )
-        if grid and (L > 1 or H > 1):
-            paths.append(
-                plot_attention_grid(
-                    cross, src_tokens, tgt_tokens, f"{model_name}: cross-attention, sentence {i}",
-                    out_dir / f"{i:04d}.grid.png",
-                )
-            )
-    return paths
-
-
-def split_files(train_cfg: dict, split: str, src_file: str | None, ref_file: str | None) -> tuple[Path, Path]:
-    """Explicit files, or the named split of the data the checkpoint was trained on."""
+def split_files(
+    train_cfg: dict, split: str, src_file: str | None, ref_file: str | None
+) -> tuple[Path, Path, Path | None]:
+    """Explicit files, or the named split of the data the checkpoint was trained on; plus that
+    split's gold alignments where the corpus has them."""
     if src_file or ref_file:
         if not (src_file and ref_file):
             raise ConfigError("src_file and ref_file go together: give both, or neither to use split=")
-        return Path(src_file), Path(ref_file)
+        return Path(src_file), Path(ref_file), None
     datamodule = build(train_cfg["data"], "data")
     datamodule.prepare_corpus()
-    return datamodule.split_files(split)
-
-
-def decode_file(
-    model: Seq2Seq, tokenizer: Tokenizer, train_cfg: dict, src_file: Path, ref_file: Path,
-    batch_tokens: int = 8000, max_len_ratio: float = 1.5, progress: bool = True,
-) -> tuple[ParallelDataset, list[list[int]], list[str], dict]:
-    """Greedy-decode ``src_file`` and score it against ``ref_file``: the dataset, hypothesis ids,
-    detokenized hypotheses and the sacreBLEU scores."""
-    sources, references = read_parallel(src_file, ref_file)
-    dataset = encode_for_eval(tokenizer, sources, max_len=train_cfg["data"].get("max_len", 128))
-    hyp_ids = translate_dataset(model, dataset, batch_tokens, max_len_ratio, progress)
-    hypotheses = tokenizer.decode_tgt(hyp_ids)
-    return dataset, hyp_ids, hypotheses, corpus_scores(hypotheses, references)
+    return (*datamodule.split_files(split), datamodule.alignment_file(split))
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    decode = DecodeSettings(**OmegaConf.to_container(cfg.decode))
+    e = cfg.eval
+    plots = HeatmapSettings(
+        num_plots=e.num_plots, attention=e.attention, layer=e.layer, grid=e.plot_grid, level=e.level,
+        formats=tuple(e.formats), target=e.plot_target,
+    )
+    if e.align_method not in ("argmax", "threshold"):
+        raise ConfigError(f"eval.align_method={e.align_method!r} is not one of argmax, threshold")
     out_dir = Path(cfg.paths.output_dir)
     model, tokenizer, train_cfg, ckpt_path = load_for_decoding(cfg.ckpt)
-    src_file, ref_file = split_files(train_cfg, cfg.split, cfg.get("src_file"), cfg.get("ref_file"))
-    dataset, hyp_ids, hypotheses, scores = decode_file(
-        model, tokenizer, train_cfg, src_file, ref_file, cfg.decode.batch_tokens, cfg.decode.max_len_ratio
-    )
+    src_file, ref_file, gold_file = split_files(train_cfg, cfg.split, cfg.get("src_file"), cfg.get("ref_file"))
+    gold_file = Path(e.gold_alignments) if e.gold_alignments else gold_file
 
-    atomic_write_text(out_dir / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
+    sources, references = read_parallel(src_file, ref_file)
+    gold = read_gold(gold_file, e.possible_alignments) if gold_file else None
+    if gold is not None and len(gold) != len(sources):
+        raise DataError(f"{gold_file}: {len(gold)} lines of gold alignments, but {src_file} has {len(sources)} lines")
     model_name = train_cfg["model"]["_target_"].rsplit(".", 1)[-1]
-    plots = export_heatmaps(
-        model, tokenizer, dataset, hyp_ids, out_dir / "heatmaps", model_name,
-        cfg.eval.num_plots, cfg.eval.layer, cfg.eval.plot_grid,
+    dataset = encode_for_eval(tokenizer, sources, references, max_len=train_cfg["data"].get("max_len", 128))
+    # Settings that depend on the model are checked before the long work starts.
+    probe, _ = forced_attention(model, torch.tensor([dataset.src[0]]), torch.ones(1, len(dataset.src[0]), dtype=torch.bool), [[]])
+    if plots.attention not in probe:
+        raise ConfigError(f"eval.attention={plots.attention}: {model_name} has no {plots.attention} attention; it has {', '.join(sorted(probe))}")
+    check_layer(e.layer, probe[plots.attention].size(1))
+    check_layer(e.layer, probe["cross"].size(1))
+
+    nbest = translate_dataset(model, dataset, decode)
+    hyp_ids = [h[0].tokens for h in nbest]
+    hypotheses = tokenizer.decode_tgt(hyp_ids)
+    scores = corpus_scores(hypotheses, references)
+    atomic_write_text(out_dir / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
+
+    # Word alignments of each source with its reference, read by the model (teacher-forced).
+    pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
+    per_layer = attention_links(model, tokenizer, dataset, pairs, decode.batch_tokens, None, e.align_method, e.align_threshold)
+    layer = check_layer(e.layer, len(per_layer))
+    atomic_write_text(out_dir / "alignments.txt", "".join(format_links(x) + "\n" for x in per_layer[layer]))
+    alignment = {"file": "alignments.txt", "layer": layer, "num_layers": len(per_layer), "method": e.align_method}
+    if gold is not None:
+        alignment["gold_file"] = str(gold_file)
+        alignment["aer_per_layer"] = [round(100 * alignment_error_rate(x, gold), 2) for x in per_layer]
+        alignment["aer"] = alignment["aer_per_layer"][layer]
+
+    pictures = export_heatmaps(
+        model, tokenizer, dataset, hyp_ids, references, gold, out_dir, plots, model_name, decode.search
     )
     results = {
         **scores,
@@ -120,12 +135,37 @@ def evaluate(cfg: DictConfig) -> dict:
         "model": train_cfg["model"]["_target_"],
         "source_file": str(src_file),
         "reference_file": str(ref_file),
-        "decoding": {"search": "greedy", "beam_size": 1, "max_len_ratio": cfg.decode.max_len_ratio},
-        "heatmaps": len(plots),
+        "hypothesis_file": "hypotheses.txt",
+        "decoding": {
+            "search": "greedy" if decode.beam_size == 1 else "beam", "beam_size": decode.beam_size,
+            "alpha": decode.alpha, "max_len_ratio": decode.max_len_ratio,
+        },
+        **({"aer": alignment["aer"]} if "aer" in alignment else {}),
+        **({"aer_per_layer": alignment["aer_per_layer"]} if "aer" in alignment and len(per_layer) > 1 else {}),
+        "alignment": alignment,
+        "heatmaps": sum(len(v) for v in pictures.values()),
     }
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    print(f"\n{model_name} on {src_file} ({len(hypotheses)} sentences, greedy decoding)")
-    for name in ("bleu", "chrf", "ter"):
-        print(f"  {name.upper():5s} {scores[name]['score']:6.2f}   {scores[name]['signature']}")
-    print(f"  hypotheses, results.json and {len(plots)} heatmaps in {out_dir}")
+
+    summary = {
+        "model": f"{model_name} ({ckpt_path})",
+        "data": f"{src_file} -> {ref_file} ({len(hypotheses)} sentences)",
+        "decoding": decode.search,
+        **{name.upper() if name != "chrf" else "chrF": f"{scores[name]['score']:.2f}  ({scores[name]['signature']})" for name in ("bleu", "chrf", "ter")},
+    }
+    if gold is not None:
+        summary["AER"] = f"{alignment['aer']:.2f}  (layer {layer + 1} of {len(per_layer)}, heads averaged, {e.align_method}, gold {gold_file})"
+        if len(per_layer) > 1:
+            summary["AER per layer"] = "  ".join(f"{x:.2f}" for x in alignment["aer_per_layer"])
+    write_index(out_dir / "index.html", f"attnmt evaluation: {model_name}", summary, sources, hypotheses, references, pictures)
+
+    print(f"\n{model_name} on {src_file} ({len(hypotheses)} sentences, {decode.search})")
+    print(f"  {'metric':7s} {'score':>6s}   signature")
+    for name, label in (("bleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER")):
+        print(f"  {label:7s} {scores[name]['score']:6.2f}   {scores[name]['signature']}")
+    if gold is not None:
+        print(f"  {'AER':7s} {alignment['aer']:6.2f}   layer {layer + 1}/{len(per_layer)}, heads averaged, {e.align_method}, vs {gold_file}")
+        if len(per_layer) > 1:
+            print("  AER per layer: " + ", ".join(f"{i + 1}: {x:.2f}" for i, x in enumerate(alignment["aer_per_layer"])))
+    print(f"  wrote hypotheses.txt, alignments.txt, results.json, index.html and {results['heatmaps']} images to {out_dir}")
     return results

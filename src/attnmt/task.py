@@ -7,7 +7,7 @@ and validates the same way.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -66,7 +66,7 @@ class TranslationTask(pl.LightningModule):
         nll, ntokens = self.loss(batch, label_smoothing=0.0)
         self.log("val/loss", nll / ntokens, batch_size=int(ntokens), reduce_fx="mean", sync_dist=True)
         if not self.trainer.sanity_checking:
-            hyps = greedy_search(self.model, batch["src"], batch["src_mask"], self.max_len_ratio)
+            hyps = [h.tokens for h in greedy_search(self.model, batch["src"], batch["src_mask"], self.max_len_ratio)]
             self._val_outputs.append((batch["idx"].tolist(), hyps))
 
     def on_validation_epoch_end(self) -> None:

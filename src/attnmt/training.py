@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf

@@ -1,0 +1,135 @@
+"""evaluate.py and attnmt-translate on briefly trained models: scores anyone can reproduce, AER,
+heatmaps and the HTML index."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from xml.etree import ElementTree
+
+import pytest
+
+from attnmt.evaluation import evaluate
+
+from conftest import ROOT, compose_config
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.rows = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "tr" and (attrs.get("id") or "").startswith("s"):
+            self.rows += 1
+
+
+@pytest.mark.slow
+def test_beam_evaluation_writes_reproducible_scores_aer_heatmaps_and_index(trained_runs, tmp_path):
+    _, run_dir, _ = trained_runs[1]["transformer"]
+    out = tmp_path / "eval"
+    cfg = compose_config(
+        "evaluate", [f"ckpt={run_dir}", "decode.beam_size=5", "eval.num_plots=2", "eval.formats=[png,svg]"], out
+    )
+    results = evaluate(cfg)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["decoding"] == {"search": "beam", "beam_size": 5, "alpha": 0.6, "max_len_ratio": 1.5}
+
+    # The sacrebleu command on the written files gives the reported figures.
+    for metric in ("bleu", "chrf", "ter"):
+        cli = subprocess.run(
+            [sys.executable, "-m", "sacrebleu", saved["reference_file"], "-i", str(out / "hypotheses.txt"),
+             "-m", metric, "-w", "2", "-b"],
+            capture_output=True, text=True, check=True,
+        )
+        assert float(cli.stdout.strip()) == saved[metric]["score"], metric
+
+    # AER against the corpus's gold links, per decoder layer; `aer` is the configured (last) layer's.
+    assert len(saved["aer_per_layer"]) == 3 and saved["aer"] == saved["aer_per_layer"][-1]
+    assert all(0.0 <= a <= 100.0 for a in saved["aer_per_layer"])
+    assert min(saved["aer_per_layer"]) < 60.0  # some layer aligns far better than chance
+    links = (out / "alignments.txt").read_text().splitlines()
+    assert len(links) == saved["num_sentences"] == 200
+
+    pictures = sorted(p.name for p in (out / "heatmaps").iterdir())
+    assert pictures == [f"000{i}.cross.{kind}.{fmt}" for i in range(2) for kind in ("grid", "layer3") for fmt in ("png", "svg")]
+    for name in pictures:
+        path = out / "heatmaps" / name
+        if name.endswith(".png"):
+            assert path.read_bytes()[:8] == PNG_MAGIC
+        else:
+            assert ElementTree.parse(path).getroot().tag.endswith("svg")
+
+    page = Links()
+    page.feed((out / "index.html").read_text())
+    assert page.rows == 200
+    assert len(page.images) == 4 and all((out / src).is_file() for src in page.images)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["rnn_bahdanau", "transformer"])
+def test_greedy_evaluation_of_valid_equals_the_logged_validation_bleu(name, trained_runs, tmp_path):
+    train_cfg, run_dir, best_val_bleu = trained_runs[1][name]
+    overrides = [f"ckpt={run_dir}", "split=valid", "decode.beam_size=1", "eval.num_plots=0",
+                 f"decode.batch_tokens={train_cfg.data.max_tokens}"]
+    results = evaluate(compose_config("evaluate", overrides, tmp_path))
+    assert results["bleu"]["score"] == pytest.approx(best_val_bleu, abs=1e-4)  # logged as float32
+
+
+@pytest.mark.slow
+def test_self_attention_heatmaps(trained_runs, tmp_path):
+    _, run_dir, _ = trained_runs[1]["transformer"]
+    for attention in ("encoder_self", "decoder_self"):
+        cfg = compose_config("evaluate", [f"ckpt={run_dir}", "eval.num_plots=1", f"eval.attention={attention}",
+                                          "eval.level=subword", "eval.formats=[pdf]", "decode.beam_size=1"], tmp_path / attention)
+        evaluate(cfg)
+        files = sorted(p.name for p in (tmp_path / attention / "heatmaps").iterdir())
+        assert files == [f"0000.{attention}.grid.pdf", f"0000.{attention}.layer3.pdf"]
+        assert (tmp_path / attention / "heatmaps" / files[0]).read_bytes()[:5] == b"%PDF-"
+
+
+def translate(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "attnmt.translate", *args], input=stdin, capture_output=True, text=True, cwd=ROOT,
+    )
+
+
+@pytest.mark.slow
+def test_translate_command_in_a_pipeline(trained_runs, tiny_data_dir):
+    _, run_dir, _ = trained_runs[1]["rnn_bahdanau"]
+    sources = (tiny_data_dir / "test.en").read_text().splitlines()[:30]
+    plain = translate(f"ckpt={run_dir}", "beam_size=3", stdin="\n".join(sources) + "\n")
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stdout.splitlines()
+    assert len(lines) == 30 and all(lines)
+
+    nbest = translate(f"ckpt={run_dir}", "beam_size=3", "n_best=3", "alignments=true", stdin="\n".join(sources[:5]))
+    assert nbest.returncode == 0, nbest.stderr
+    rows = [line.split(" ||| ") for line in nbest.stdout.splitlines()]
+    assert [int(r[0]) for r in rows] == [i for i in range(5) for _ in range(3)]
+    assert [r[1] for r in rows[::3]] == lines[:5]  # the 1-best of the n-best list is the plain output
+    for r in rows:
+        float(r[2])
+        assert all("-" in link for link in r[3].split())
+
+
+def test_translate_help_and_bad_arguments():
+    helped = translate("--help")
+    assert helped.returncode == 0 and "ckpt=" in helped.stdout and "beam_size" in helped.stdout
+    for args, message in (
+        (["beam_size=3"], "ckpt is required"),
+        (["ckpt=x", "beam=3"], "beam: not a key of attnmt-translate"),
+        (["ckpt=x", "oops"], "arguments are key=value"),
+        (["ckpt=/nonexistent/run"], "no such checkpoint file or run folder"),
+    ):
+        done = translate(*args, stdin="a b c\n")
+        assert done.returncode == 2, done
+        assert done.stderr.strip().splitlines() == [done.stderr.strip()] and message in done.stderr, done.stderr
