@@ -29,10 +29,35 @@ def test_every_model_config_builds_a_seq2seq_model(name):
     assert isinstance(model, Seq2Seq) and model.num_parameters() > 0
 
 
+DATA_OVERRIDES = {
+    "synthetic": lambda tmp: [f"data.data_dir={tmp}"],
+    "multi30k": lambda tmp: [f"data.cache_dir={tmp}", f"data.source_dir={tmp}/absent"],
+    "parallel": lambda tmp: [f"data.train_prefix={tmp}/train", f"data.valid_prefix={tmp}/dev",
+                             "data.src_lang=de", "data.tgt_lang=en"],
+}
+
+
 @pytest.mark.parametrize("name", options("data"))
 def test_every_data_config_instantiates(name, tmp_path):
-    cfg = compose_config("train", [f"data={name}", f"data.data_dir={tmp_path}"], tmp_path)
+    cfg = compose_config("train", [f"data={name}", *DATA_OVERRIDES[name](tmp_path)], tmp_path)
     assert instantiate(cfg.data) is not None
+
+
+def test_ddp_trainer_config_and_slurm_launcher_compose():
+    cfg = compose_config("train", ["trainer=ddp", "trainer.devices=3", "trainer.accelerator=cpu"])
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 3 and cfg.trainer.num_nodes == 1
+    assert cfg.trainer.use_distributed_sampler is False  # our sampler shards batches itself
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[slurm]'")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        full = compose("train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+                       return_hydra_config=True)
+    launcher = full.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
 
 
 @pytest.mark.parametrize("name", options("optimizer"))

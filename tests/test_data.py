@@ -84,15 +84,22 @@ def test_every_batch_respects_the_token_budget(max_tokens):
     assert sum(lengths) / padded > 0.9
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("world", [1, 2, 3])
-def test_ranks_get_disjoint_equal_shares_that_cover_the_data(world):
+def test_ranks_get_disjoint_equal_shares_that_cover_the_data(world, shuffle):
     rng = random.Random(1)
     lengths = [rng.randint(1, 40) for _ in range(997)]
-    shares = [list(TokenBucketBatchSampler(lengths, 200, seed=5, num_replicas=world, rank=r)) for r in range(world)]
-    assert len({len(s) for s in shares}) == 1
-    assert len(shares[0]) == len(TokenBucketBatchSampler(lengths, 200, seed=5, num_replicas=world, rank=0))
-    everything = sorted(i for s in shares for b in s for i in b)
-    assert everything == list(range(997))
+    samplers = [TokenBucketBatchSampler(lengths, 200, shuffle=shuffle, seed=5, num_replicas=world, rank=r)
+                for r in range(world)]
+    for epoch in (0, 1):
+        for s in samplers:
+            s.set_epoch(epoch)
+        shares = [list(s) for s in samplers]
+        assert len({len(s) for s in shares}) == 1 and len(shares[0]) == len(samplers[0])  # ranks in step
+        everything = sorted(i for s in shares for b in s for i in b)
+        assert everything == list(range(997))  # each example exactly once per epoch
+        for b in (b for s in shares for b in s):
+            assert len(b) * max(lengths[i] for i in b) <= 200
 
 
 def test_epochs_shuffle_differently_but_reproducibly():

@@ -19,6 +19,7 @@ import yaml
 from attnmt.checkpoint import load_for_decoding
 from attnmt.errors import DataError, exit_on_user_error
 from attnmt.evaluation import decode_file, split_files
+from attnmt.translate import DecodeSettings
 from attnmt.utils.io import atomic_write_text
 
 COLUMNS = ["run", "model", "params", "train_seconds", "best_val_bleu", "test_bleu"]
@@ -54,8 +55,8 @@ def validation_curve(run: Path) -> list[tuple[int, float]]:
 def summarize(run: Path, label: str, split: str = "test") -> dict:
     summary = yaml.safe_load((run / "summary.yaml").read_text())
     model, tokenizer, train_cfg, _ = load_for_decoding(run)
-    src, ref = split_files(train_cfg, split, None, None)
-    *_, scores = decode_file(model, tokenizer, train_cfg, src, ref, progress=False)
+    src, ref, _ = split_files(train_cfg, split, None, None)
+    *_, scores = decode_file(model, tokenizer, train_cfg, src, ref, DecodeSettings(beam_size=1), progress=False)
     return {
         "run": label,
         "model": summary["model"].rsplit(".", 1)[-1],

@@ -24,7 +24,7 @@ from attnmt.checkpoint import load_for_decoding
 from attnmt.data.batching import TokenBucketBatchSampler
 from attnmt.data.datamodule import ParallelDataset, encode_for_eval, pad
 from attnmt.data.io import read_parallel
-from attnmt.data.tokenizer import Tokenizer
+from attnmt.data.tokenizer import EOS_ID, Tokenizer
 from attnmt.errors import ConfigError, DataError
 from attnmt.heatmaps import HeatmapSettings, check_layer, export_heatmaps, write_index
 from attnmt.metrics import corpus_scores
@@ -81,6 +81,19 @@ def split_files(
     return (*datamodule.split_files(split), datamodule.alignment_file(split))
 
 
+def decode_file(
+    model: Seq2Seq, tokenizer: Tokenizer, train_cfg: dict, src_file: Path, ref_file: Path,
+    settings: DecodeSettings, progress: bool = True,
+) -> tuple[ParallelDataset, list[list[int]], list[str], dict]:
+    """Decode ``src_file`` and score it against ``ref_file``: the encoded pairs, the best
+    hypothesis' ids, the detokenized hypotheses and the sacreBLEU scores."""
+    sources, references = read_parallel(src_file, ref_file)
+    dataset = encode_for_eval(tokenizer, sources, references, max_len=train_cfg["data"].get("max_len", 128))
+    hyp_ids = [h[0].tokens for h in translate_dataset(model, dataset, settings, progress)]
+    hypotheses = tokenizer.decode_tgt(hyp_ids)
+    return dataset, hyp_ids, hypotheses, corpus_scores(hypotheses, references)
+
+
 def evaluate(cfg: DictConfig) -> dict:
     decode = DecodeSettings(**OmegaConf.to_container(cfg.decode))
     e = cfg.eval
@@ -100,18 +113,15 @@ def evaluate(cfg: DictConfig) -> dict:
     if gold is not None and len(gold) != len(sources):
         raise DataError(f"{gold_file}: {len(gold)} lines of gold alignments, but {src_file} has {len(sources)} lines")
     model_name = train_cfg["model"]["_target_"].rsplit(".", 1)[-1]
-    dataset = encode_for_eval(tokenizer, sources, references, max_len=train_cfg["data"].get("max_len", 128))
     # Settings that depend on the model are checked before the long work starts.
-    probe, _ = forced_attention(model, torch.tensor([dataset.src[0]]), torch.ones(1, len(dataset.src[0]), dtype=torch.bool), [[]])
+    first = torch.tensor([tokenizer.encode_src(sources[:1])[0][:8] + [EOS_ID]])
+    probe, _ = forced_attention(model, first, torch.ones_like(first, dtype=torch.bool), [[]])
     if plots.attention not in probe:
         raise ConfigError(f"eval.attention={plots.attention}: {model_name} has no {plots.attention} attention; it has {', '.join(sorted(probe))}")
     check_layer(e.layer, probe[plots.attention].size(1))
     check_layer(e.layer, probe["cross"].size(1))
 
-    nbest = translate_dataset(model, dataset, decode)
-    hyp_ids = [h[0].tokens for h in nbest]
-    hypotheses = tokenizer.decode_tgt(hyp_ids)
-    scores = corpus_scores(hypotheses, references)
+    dataset, hyp_ids, hypotheses, scores = decode_file(model, tokenizer, train_cfg, src_file, ref_file, decode)
     atomic_write_text(out_dir / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
 
     # Word alignments of each source with its reference, read by the model (teacher-forced).

@@ -72,16 +72,26 @@ class TranslationTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loss = self.trainer.callback_metrics.get("val/loss")
         if loss is not None:
-            self.log("val/ppl", math.exp(min(float(loss), 50.0)))
-        if self.trainer.sanity_checking or not self._val_outputs:
+            self.log("val/ppl", math.exp(min(float(loss), 50.0)), sync_dist=True)
+        if self.trainer.sanity_checking:
             return
-        order = {i: h for idx, hyps in self._val_outputs for i, h in zip(idx, hyps)}
-        self._val_outputs.clear()
-        datamodule = self.trainer.datamodule
-        references = datamodule.references("valid")
+        outputs, self._val_outputs = self._val_outputs, []
+        if self.trainer.world_size > 1:  # every rank decoded its own share: gather them all
+            shares = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(shares, outputs)
+            outputs = [batch for share in shares for batch in share]
+        if not outputs:
+            return
+        order = {i: h for idx, hyps in outputs for i, h in zip(idx, hyps)}
+        references = self.trainer.datamodule.references("valid")
+        decoded = sum(len(idx) for idx, _ in outputs)
+        if decoded != len(references) or len(order) != len(references):
+            raise RuntimeError(
+                f"validation decoded {decoded} sentences ({len(order)} distinct) of {len(references)}"
+            )
         hyp_ids = [order[i] for i in range(len(references))]
         score = bleu(self.tokenizer.decode_tgt(hyp_ids), references)
-        self.log("val/bleu", score, prog_bar=True)
+        self.log("val/bleu", score, prog_bar=True, sync_dist=True)  # equal on every rank
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -6,6 +6,7 @@ import logging
 import time
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from attnmt.data.datamodule import TranslationDataModule
@@ -42,7 +43,9 @@ def train(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = cfg.paths.output_dir
     config = OmegaConf.to_container(cfg, resolve=True)
-    atomic_write_text(f"{output_dir}/config.yaml", OmegaConf.to_yaml(config))
+    # Under DDP, Lightning re-runs this script for ranks 1.. into the same folder: only rank 0 writes.
+    if rank_zero_only.rank == 0:
+        atomic_write_text(f"{output_dir}/config.yaml", OmegaConf.to_yaml(config))
 
     datamodule: TranslationDataModule = build(cfg.data, "data")
     datamodule.prepare_data()
@@ -74,6 +77,7 @@ def train(cfg: DictConfig) -> float | None:
         "global_step": trainer.global_step,
         "best_val_bleu": best,
     }
-    atomic_write_text(f"{output_dir}/summary.yaml", OmegaConf.to_yaml(summary))
+    if trainer.is_global_zero:
+        atomic_write_text(f"{output_dir}/summary.yaml", OmegaConf.to_yaml(summary))
     log.info("Finished in %.1f s; best val/bleu %s; run folder %s", elapsed, best, output_dir)
     return best_score(trainer, cfg.optimized_metric)

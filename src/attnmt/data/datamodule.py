@@ -179,8 +179,10 @@ class TranslationDataModule(pl.LightningDataModule):
         return read_parallel(*self.split_files(split))[1]
 
     def loader(self, dataset: ParallelDataset, shuffle: bool, max_tokens: int | None = None) -> DataLoader:
+        # Under DDP every rank gets its own disjoint batches, for training and validation alike
+        # (Lightning's distributed sampler is off: trainer.use_distributed_sampler=false).
         rank, world = 0, 1
-        if self.trainer is not None and shuffle:
+        if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
         sampler = TokenBucketBatchSampler(
             dataset.lengths(), max_tokens or self.max_tokens, shuffle=shuffle,
