@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from attnmt.data.io import read_parallel
-from attnmt.data.multi30k import SHA256, Multi30kDataModule
+from attnmt.data.multi30k import SHA256
 from attnmt.errors import ConfigError, DataError
 from attnmt.utils.config import build
 

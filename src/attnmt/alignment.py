@@ -14,9 +14,15 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from attnmt.data.batching import TokenBucketBatchSampler
+from attnmt.data.datamodule import ParallelDataset, pad
 from attnmt.data.io import read_lines
-from attnmt.errors import DataError
+from attnmt.data.tokenizer import PAD_ID, Tokenizer
+from attnmt.errors import ConfigError, DataError
+from attnmt.models.base import Seq2Seq
+from attnmt.search import forced_attention
 
 Link = tuple[int, int]  # (source word, target word)
 WORD_START = "\u2581"  # sentencepiece's "▁"
@@ -131,3 +137,40 @@ def hard_links(word_weights: np.ndarray, method: str = "argmax", threshold: floa
     if method == "threshold":
         return {(int(i), int(j)) for j, i in zip(*np.nonzero(word_weights >= threshold))}
     raise ValueError(f"alignment method {method!r} is not one of argmax, threshold")
+
+
+def layer_index(layer: int, num_layers: int, key: str = "eval.layer") -> int:
+    """``layer`` (negative counts from the end) as an index, or a one-line error naming ``key``."""
+    if not -num_layers <= layer < num_layers:
+        raise ConfigError(f"{key}={layer} is out of range for a model with {num_layers} layers (0..{num_layers - 1}, or -1 for the last)")
+    return layer % num_layers
+
+
+def attention_links(
+    model: Seq2Seq, tokenizer: Tokenizer, dataset: ParallelDataset, pairs: list[tuple[int, list[int]]],
+    batch_tokens: int = 8000, layers: list[int] | None = None, method: str = "argmax", threshold: float = 0.5,
+) -> list[list[set[Link]]]:
+    """Word alignments of (source ``dataset.src[i]``, target ids) pairs from the model's
+    cross-attention while it reads the target: per layer in ``layers`` (all when ``None``), one
+    link set per pair. Heads are averaged; subwords are merged to words first."""
+    lengths = [max(len(dataset.src[i]), len(t) + 1) for i, t in pairs]
+    sampler = TokenBucketBatchSampler(lengths, batch_tokens, shuffle=False)
+    out: list[list[set[Link]]] | None = None
+    with torch.inference_mode():
+        for batch in sampler:
+            src = pad([dataset.src[pairs[k][0]] for k in batch])
+            targets = [pairs[k][1] for k in batch]
+            attn, _ = forced_attention(model, src, src != PAD_ID, targets)
+            cross = attn["cross"].float().mean(2).numpy()  # (B, L, T, S), averaged over heads
+            L = cross.shape[1]
+            chosen = list(range(L)) if layers is None else [layer_index(x, L) for x in layers]
+            if out is None:
+                out = [[set() for _ in pairs] for _ in chosen]
+            for b, k in enumerate(batch):
+                src_ids, tgt = dataset.src[pairs[k][0]], pairs[k][1]
+                rows = word_ids(tokenizer.tgt_pieces(tgt) + ["</s>"])
+                cols = word_ids(tokenizer.src_pieces(src_ids))
+                for n, layer in enumerate(chosen):
+                    w = merge_to_words(cross[b, layer, : len(rows), : len(cols)], rows, cols)
+                    out[n][k] = hard_links(w, method, threshold)
+    return out or [[] for _ in (layers or [0])]

@@ -18,7 +18,8 @@ import yaml
 
 from attnmt.checkpoint import load_for_decoding
 from attnmt.errors import DataError, exit_on_user_error
-from attnmt.evaluation import decode_file, split_files
+from attnmt.data.io import read_parallel
+from attnmt.evaluation import decode_lines, split_files
 from attnmt.translate import DecodeSettings
 from attnmt.utils.io import atomic_write_text
 
@@ -56,7 +57,7 @@ def summarize(run: Path, label: str, split: str = "test") -> dict:
     summary = yaml.safe_load((run / "summary.yaml").read_text())
     model, tokenizer, train_cfg, _ = load_for_decoding(run)
     src, ref, _ = split_files(train_cfg, split, None, None)
-    *_, scores = decode_file(model, tokenizer, train_cfg, src, ref, DecodeSettings(beam_size=1), progress=False)
+    *_, scores = decode_lines(model, tokenizer, train_cfg, *read_parallel(src, ref), DecodeSettings(beam_size=1), progress=False)
     return {
         "run": label,
         "model": summary["model"].rsplit(".", 1)[-1],

@@ -11,22 +11,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from attnmt.alignment import (
-    Link,
-    alignment_error_rate,
-    format_links,
-    hard_links,
-    merge_to_words,
-    read_gold,
-    word_ids,
-)
+from attnmt.alignment import alignment_error_rate, attention_links, format_links, layer_index, read_gold
 from attnmt.checkpoint import load_for_decoding
-from attnmt.data.batching import TokenBucketBatchSampler
-from attnmt.data.datamodule import ParallelDataset, encode_for_eval, pad
+from attnmt.data.datamodule import ParallelDataset, encode_for_eval
 from attnmt.data.io import read_parallel
 from attnmt.data.tokenizer import EOS_ID, Tokenizer
 from attnmt.errors import ConfigError, DataError
-from attnmt.heatmaps import HeatmapSettings, check_layer, export_heatmaps, write_index
+from attnmt.heatmaps import HeatmapSettings, export_heatmaps, write_index
 from attnmt.metrics import corpus_scores
 from attnmt.models.base import Seq2Seq
 from attnmt.search import forced_attention
@@ -35,36 +26,6 @@ from attnmt.utils.config import build
 from attnmt.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-def attention_links(
-    model: Seq2Seq, tokenizer: Tokenizer, dataset: ParallelDataset, pairs: list[tuple[int, list[int]]],
-    batch_tokens: int = 8000, layers: list[int] | None = None, method: str = "argmax", threshold: float = 0.5,
-) -> list[list[set[Link]]]:
-    """Word alignments of (source ``dataset.src[i]``, target ids) pairs from the model's
-    cross-attention while it reads the target: per layer in ``layers`` (all when ``None``), one
-    link set per pair. Heads are averaged; subwords are merged to words first."""
-    lengths = [max(len(dataset.src[i]), len(t) + 1) for i, t in pairs]
-    sampler = TokenBucketBatchSampler(lengths, batch_tokens, shuffle=False)
-    out: list[list[set[Link]]] | None = None
-    with torch.inference_mode():
-        for batch in sampler:
-            src = pad([dataset.src[pairs[k][0]] for k in batch])
-            targets = [pairs[k][1] for k in batch]
-            attn, _ = forced_attention(model, src, src != 0, targets)
-            cross = attn["cross"].float().mean(2).numpy()  # (B, L, T, S), averaged over heads
-            L = cross.shape[1]
-            chosen = list(range(L)) if layers is None else [check_layer(x, L) for x in layers]
-            if out is None:
-                out = [[set() for _ in pairs] for _ in chosen]
-            for b, k in enumerate(batch):
-                src_ids, tgt = dataset.src[pairs[k][0]], pairs[k][1]
-                rows = word_ids(tokenizer.tgt_pieces(tgt) + ["</s>"])
-                cols = word_ids(tokenizer.src_pieces(src_ids))
-                for n, layer in enumerate(chosen):
-                    w = merge_to_words(cross[b, layer, : len(rows), : len(cols)], rows, cols)
-                    out[n][k] = hard_links(w, method, threshold)
-    return out or [[] for _ in (layers or [0])]
 
 
 def split_files(
@@ -81,13 +42,12 @@ def split_files(
     return (*datamodule.split_files(split), datamodule.alignment_file(split))
 
 
-def decode_file(
-    model: Seq2Seq, tokenizer: Tokenizer, train_cfg: dict, src_file: Path, ref_file: Path,
+def decode_lines(
+    model: Seq2Seq, tokenizer: Tokenizer, train_cfg: dict, sources: list[str], references: list[str],
     settings: DecodeSettings, progress: bool = True,
 ) -> tuple[ParallelDataset, list[list[int]], list[str], dict]:
-    """Decode ``src_file`` and score it against ``ref_file``: the encoded pairs, the best
+    """Decode ``sources`` and score them against ``references``: the encoded pairs, the best
     hypothesis' ids, the detokenized hypotheses and the sacreBLEU scores."""
-    sources, references = read_parallel(src_file, ref_file)
     dataset = encode_for_eval(tokenizer, sources, references, max_len=train_cfg["data"].get("max_len", 128))
     hyp_ids = [h[0].tokens for h in translate_dataset(model, dataset, settings, progress)]
     hypotheses = tokenizer.decode_tgt(hyp_ids)
@@ -118,16 +78,16 @@ def evaluate(cfg: DictConfig) -> dict:
     probe, _ = forced_attention(model, first, torch.ones_like(first, dtype=torch.bool), [[]])
     if plots.attention not in probe:
         raise ConfigError(f"eval.attention={plots.attention}: {model_name} has no {plots.attention} attention; it has {', '.join(sorted(probe))}")
-    check_layer(e.layer, probe[plots.attention].size(1))
-    check_layer(e.layer, probe["cross"].size(1))
+    layer_index(e.layer, probe[plots.attention].size(1))
+    layer_index(e.layer, probe["cross"].size(1))
 
-    dataset, hyp_ids, hypotheses, scores = decode_file(model, tokenizer, train_cfg, src_file, ref_file, decode)
+    dataset, hyp_ids, hypotheses, scores = decode_lines(model, tokenizer, train_cfg, sources, references, decode)
     atomic_write_text(out_dir / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
 
     # Word alignments of each source with its reference, read by the model (teacher-forced).
     pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
     per_layer = attention_links(model, tokenizer, dataset, pairs, decode.batch_tokens, None, e.align_method, e.align_threshold)
-    layer = check_layer(e.layer, len(per_layer))
+    layer = layer_index(e.layer, len(per_layer))
     atomic_write_text(out_dir / "alignments.txt", "".join(format_links(x) + "\n" for x in per_layer[layer]))
     alignment = {"file": "alignments.txt", "layer": layer, "num_layers": len(per_layer), "method": e.align_method}
     if gold is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnmt.alignment import Link, merge_to_words, word_ids, words
+from attnmt.alignment import Link, layer_index, merge_to_words, word_ids, words
 from attnmt.data.datamodule import ParallelDataset
 from attnmt.data.tokenizer import Tokenizer
 from attnmt.errors import ConfigError
@@ -52,12 +52,6 @@ class HeatmapSettings:
             raise ConfigError(f"eval.formats={list(self.formats)} must be a non-empty list of png, svg, pdf")
         if self.num_plots < 0:
             raise ConfigError(f"eval.num_plots={self.num_plots} must be >= 0")
-
-
-def check_layer(layer: int, num_layers: int, key: str = "eval.layer") -> int:
-    if not -num_layers <= layer < num_layers:
-        raise ConfigError(f"{key}={layer} is out of range for a model with {num_layers} layers (use 0..{num_layers - 1} or -1)")
-    return layer % num_layers
 
 
 def _merge(weights: np.ndarray, rows: list[str], cols: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
@@ -111,7 +105,7 @@ def export_heatmaps(
         if settings.level == "word":
             weights, rows, cols = _merge(weights, rows, cols)
         L, H = weights.shape[:2]
-        layer = check_layer(settings.layer, L)
+        layer = layer_index(settings.layer, L)
         where = "" if L == H == 1 else f", layer {layer + 1} of {L}" + (f", mean of {H} heads" if H > 1 else "")
         source = f"{search} output" if settings.target == "hypothesis" else "reference, teacher-forced"
         title = f"{model_name}: {what}{where}\nsentence {i}, {source}, {settings.level} level"

@@ -118,10 +118,9 @@ def parse_args(argv: list[str]) -> dict:
 
 def translate_lines(args: dict, lines: list[str]) -> list[str]:
     """What ``attnmt-translate`` prints for ``lines``."""
-    from attnmt.alignment import format_links
+    from attnmt.alignment import attention_links, format_links
     from attnmt.checkpoint import load_for_decoding
     from attnmt.data.datamodule import encode_for_eval
-    from attnmt.evaluation import attention_links
 
     settings = DecodeSettings(
         beam_size=args["beam_size"], alpha=args["alpha"], n_best=args["n_best"],
