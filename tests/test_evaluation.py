@@ -129,6 +129,7 @@ def test_translate_help_and_bad_arguments():
         (["ckpt=x", "beam=3"], "beam: not a key of attnmt-translate"),
         (["ckpt=x", "oops"], "arguments are key=value"),
         (["ckpt=/nonexistent/run"], "no such checkpoint file or run folder"),
+        (["ckpt=/nonexistent/run", "beam_size=2", "n_best=3"], "n_best=3 must be between 1 and beam_size=2"),
     ):
         done = translate(*args, stdin="a b c\n")
         assert done.returncode == 2, done

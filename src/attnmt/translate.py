@@ -30,18 +30,20 @@ class DecodeSettings:
     max_len_ratio: float = 1.5  # outputs have at most ratio * source length + 10 tokens
     batch_tokens: int = 8000  # padded source tokens per batch (beam search multiplies by beam_size)
     n_best: int = 1
+    key_prefix: str = "decode."  # how errors name the keys: evaluate.py's decode.beam_size, ...
 
     def __post_init__(self):
+        k = self.key_prefix
         if self.beam_size < 1:
-            raise ConfigError(f"decode.beam_size={self.beam_size} must be at least 1")
+            raise ConfigError(f"{k}beam_size={self.beam_size} must be at least 1")
         if not 1 <= self.n_best <= self.beam_size:
-            raise ConfigError(f"decode.n_best={self.n_best} must be between 1 and decode.beam_size={self.beam_size}")
+            raise ConfigError(f"{k}n_best={self.n_best} must be between 1 and {k}beam_size={self.beam_size}")
         if self.alpha < 0:
-            raise ConfigError(f"decode.alpha={self.alpha} must be >= 0")
+            raise ConfigError(f"{k}alpha={self.alpha} must be >= 0")
         if self.max_len_ratio <= 0:
-            raise ConfigError(f"decode.max_len_ratio={self.max_len_ratio} must be > 0")
+            raise ConfigError(f"{k}max_len_ratio={self.max_len_ratio} must be > 0")
         if self.batch_tokens < 1:
-            raise ConfigError(f"decode.batch_tokens={self.batch_tokens} must be at least 1")
+            raise ConfigError(f"{k}batch_tokens={self.batch_tokens} must be at least 1")
 
     @property
     def search(self) -> str:
@@ -124,7 +126,7 @@ def translate_lines(args: dict, lines: list[str]) -> list[str]:
 
     settings = DecodeSettings(
         beam_size=args["beam_size"], alpha=args["alpha"], n_best=args["n_best"],
-        max_len_ratio=args["max_len_ratio"], batch_tokens=args["batch_tokens"],
+        max_len_ratio=args["max_len_ratio"], batch_tokens=args["batch_tokens"], key_prefix="",
     )
     model, tokenizer, train_cfg, _ = load_for_decoding(args["ckpt"])
     dataset = encode_for_eval(tokenizer, lines, max_len=train_cfg["data"].get("max_len", 128))
