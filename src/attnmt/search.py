@@ -18,7 +18,7 @@ from torch import Tensor
 
 from attnmt.data.datamodule import pad
 from attnmt.data.tokenizer import BOS_ID, EOS_ID
-from attnmt.models.base import Seq2Seq, select_batch
+from attnmt.models.base import Seq2Seq, State, select_batch
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,11 @@ def length_penalty(length: Tensor | int, alpha: float) -> Tensor | float:
 @torch.no_grad()
 def greedy_search(
     model: Seq2Seq, src: Tensor, src_mask: Tensor, max_len_ratio: float = 1.5, max_len_extra: int = 10,
-    alpha: float = 0.0,
+    alpha: float = 0.0, enc: State | None = None,
 ) -> list[Hypothesis]:
-    """Batched greedy decoding: the fast path of beam size 1 (the tests check they agree)."""
-    enc = model.encode(src, src_mask)
+    """Batched greedy decoding: the fast path of beam size 1 (the tests check they agree).
+    ``enc``: the sources already encoded, if the caller has them."""
+    enc = model.encode(src, src_mask) if enc is None else enc
     state = model.init_state(enc)
     B = src.size(0)
     limit = max_output_lengths(src_mask, max_len_ratio, max_len_extra)  # (B,)
@@ -100,11 +101,11 @@ def beam_search(
         raise ValueError(f"need beam_size >= 1 and 1 <= n_best <= beam_size, got {beam_size}, {n_best}")
     K, device = beam_size, src.device
     B = src.size(0)
-    enc = model.encode(src, src_mask)
+    encoded = model.encode(src, src_mask)
     limit = max_output_lengths(src_mask, max_len_ratio, max_len_extra)  # (B,)
 
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,) beam k of sentence b at b*K+k
-    enc = select_batch(enc, rows)
+    enc = select_batch(encoded, rows)
     state = model.init_state(enc)
     sentence = torch.arange(B, device=device)  # (n,) original index of each live sentence
     scores = torch.full((B, K), float("-inf"), device=device)  # (n, K) summed log-probs of live beams
@@ -115,7 +116,7 @@ def beam_search(
     best_finished = torch.full((B,), float("-inf"), device=device)  # (B,) best normalised score
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     if greedy_floor and K > 1:
-        for b, h in enumerate(greedy_search(model, src, src_mask, max_len_ratio, max_len_extra, alpha)):
+        for b, h in enumerate(greedy_search(model, src, src_mask, max_len_ratio, max_len_extra, alpha, encoded)):
             finished[b].append(h)
             best_finished[b] = h.score
 
@@ -145,7 +146,7 @@ def beam_search(
             best_finished[sentence] = torch.maximum(best_finished[sentence], ended)
 
         # The best K candidates that did not end live on (there are always K: at most K end).
-        rank = torch.arange(2 * K, device=device).expand(n, 2 * K).masked_fill(ends | (top_token == EOS_ID), 4 * K)
+        rank = torch.arange(2 * K, device=device).expand(n, 2 * K).masked_fill(top_token == EOS_ID, 4 * K)
         keep = rank.topk(K, dim=1, largest=False).values.clamp(max=2 * K - 1)  # (n, K) positions
         scores = top_scores.gather(1, keep)
         beam_rows = (torch.arange(n, device=device).unsqueeze(1) * K + top_beam.gather(1, keep)).view(-1)
