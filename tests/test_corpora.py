@@ -39,7 +39,11 @@ def test_multi30k_reads_the_local_folder_in_both_directions(src, tgt, tmp_path):
         s, t = read_parallel(src_file, tgt_file)
         assert len(s) == len(t) == n
     assert dm.split_files("test")[0].name == f"test_2016_flickr.{src}.gz"
-    assert dm.references("valid")[0] == read_parallel(*dm.split_files("valid"))[1][0]
+    first = {"de": "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.",
+             "en": "A man in an orange hat starring at something."}
+    src_line, tgt_line = (lines[0] for lines in read_parallel(*dm.split_files("test")))
+    assert src_line == first.get(src, src_line) and tgt_line == first.get(tgt, tgt_line)  # raw, untokenized
+    assert dm.references("test")[0] == tgt_line
 
 
 @needs_multi30k
