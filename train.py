@@ -1,9 +1,13 @@
-"""Train a translation model: python train.py [model=transformer] [key=value ...]"""
+"""Train a translation model: python train.py [model=transformer] [key=value ...]
+Continue an interrupted run: python train.py resume=RUN_DIR [trainer.max_steps=N ...]"""
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from attnmt.errors import exit_on_user_error
+from attnmt.resume import resume_argv
 from attnmt.training import train
 
 
@@ -14,4 +18,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = exit_on_user_error(resume_argv)(sys.argv)
     main()

@@ -28,7 +28,7 @@ def test_two_process_ddp_run_matches_single_process_evaluation(tiny_data_dir, tm
 
     # One output folder (nothing stray in the working directory), one set of checkpoints.
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "last.prev.ckpt"]
     summary = yaml.safe_load((run / "summary.yaml").read_text())
     assert summary["global_step"] == 300
 

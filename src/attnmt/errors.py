@@ -25,6 +25,10 @@ class CheckpointError(AttnmtError):
     pass
 
 
+class TrainingError(AttnmtError):
+    """Training cannot go on (a non-finite loss): the message says where to go back to."""
+
+
 def exit_on_user_error(fn: F) -> F:
     """Turn an :class:`AttnmtError` into ``error: <message>`` on stderr and exit status 2."""
 

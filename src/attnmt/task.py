@@ -6,6 +6,7 @@ and validates the same way.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -15,13 +16,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnmt.data.tokenizer import PAD_ID, Tokenizer
-from attnmt.errors import ConfigError
+from attnmt.errors import ConfigError, TrainingError
 from attnmt.metrics import bleu
 from attnmt.models.base import Seq2Seq
 from attnmt.search import greedy_search
+from attnmt.utils.provenance import provenance
+from attnmt.utils.rng import get_rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "attnmt"
 CHECKPOINT_FORMAT = 1
+NONFINITE = ("stop", "skip")
 
 
 class TranslationTask(pl.LightningModule):
@@ -34,16 +40,22 @@ class TranslationTask(pl.LightningModule):
         train_config: dict | None = None,
         label_smoothing: float = 0.1,
         max_len_ratio: float = 1.5,
+        nonfinite: str = "stop",
     ):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"task.label_smoothing={label_smoothing} must be in [0, 1)")
+        if nonfinite not in NONFINITE:
+            raise ConfigError(f"task.nonfinite={nonfinite!r} is not one of {', '.join(NONFINITE)}")
         self.model = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.tokenizer = tokenizer
         self.train_config = train_config or {}
         self.label_smoothing = label_smoothing
         self.max_len_ratio = max_len_ratio
+        self.nonfinite = nonfinite
+        self.skipped_batches = 0  # batches skipped for a non-finite loss or gradient (nonfinite=skip)
+        self._rng_to_restore: dict | None = None
         self._val_outputs: list[tuple[list[int], list[list[int]]]] = []
 
     def loss(self, batch: dict[str, Tensor], label_smoothing: float) -> tuple[Tensor, Tensor]:
@@ -56,11 +68,52 @@ class TranslationTask(pl.LightningModule):
         )
         return loss, (target != PAD_ID).sum()
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         loss_sum, ntokens = self.loss(batch, self.label_smoothing)
         loss = loss_sum / ntokens
+        if not torch.isfinite(loss):
+            return self._non_finite(f"loss is {loss.item()}", batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=int(ntokens))
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # A finite loss can still overflow in the backward pass; an update with such a gradient
+        # would spoil the weights (and every checkpoint after it). With fp16 the gradient scaler
+        # expects and skips such steps itself.
+        if str(self.trainer.precision).startswith("16"):
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if not torch.isfinite(norm):
+            self._non_finite(f"gradient norm is {norm.item()}", None)
+            optimizer.zero_grad(set_to_none=True)  # nonfinite=skip: parameters without a gradient are not updated
+        else:
+            self.log("train/grad_norm", norm)
+
+    def _non_finite(self, what: str, batch: dict[str, Tensor] | None) -> None:
+        """Stop the run naming the step and the checkpoint to go back to, or (nonfinite=skip) count
+        the batch as skipped. Returning None from training_step skips Lightning's update."""
+        step = self.trainer.global_step
+        size = "" if batch is None else f" (batch of {batch['src'].size(0)} sentences)"
+        if self.nonfinite == "stop":
+            raise TrainingError(
+                f"step {step}: {what}{size}; training stopped. Last good checkpoint: {self._last_checkpoint()}. "
+                "Lower optimizer.lr, or set task.nonfinite=skip to skip such batches"
+            )
+        self.skipped_batches += 1
+        log.warning("step %d: %s%s; skipped (%d so far)", step, what, size, self.skipped_batches)
+        self.log("train/skipped_batches", float(self.skipped_batches))
+        return None
+
+    def _last_checkpoint(self) -> str:
+        saved = [
+            (cb.last_saved_step, str(cb.path)) for cb in self.trainer.checkpoint_callbacks
+            if getattr(cb, "last_saved_step", None) is not None
+        ]
+        if not saved:
+            return "none written yet"
+        step, path = max(saved)
+        return f"{path} (step {step})"
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         nll, ntokens = self.loss(batch, label_smoothing=0.0)
@@ -110,4 +163,18 @@ class TranslationTask(pl.LightningModule):
             "config": self.train_config,
             "tokenizer": self.tokenizer.state() if self.tokenizer is not None else None,
             "num_parameters": self.model.num_parameters(),
+            "provenance": provenance(),
+            "rng": get_rng_state(),
+            "skipped_batches": self.skipped_batches,
         }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get(CHECKPOINT_KEY, {})
+        self.skipped_batches = meta.get("skipped_batches", 0)
+        # Applied when training starts, after everything else that restoring does.
+        self._rng_to_restore = meta.get("rng")
+
+    def on_train_start(self) -> None:
+        if self._rng_to_restore is not None:
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None

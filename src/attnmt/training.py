@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
 
 import pytorch_lightning as pl
+import yaml
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from attnmt.data.datamodule import TranslationDataModule
 from attnmt.errors import ConfigError
 from attnmt.models.base import Seq2Seq
+from attnmt.resume import check_unchanged, resume_checkpoint
 from attnmt.utils.config import build
 from attnmt.utils.io import atomic_write_text
+from attnmt.utils.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +48,39 @@ def best_score(trainer: pl.Trainer, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
+def record_start(output_dir: Path, resumed_from: Path | None, step: int) -> None:
+    """Append this start (time, command line, versions, git commit) to ``run_info.yaml``."""
+    path = output_dir / "run_info.yaml"
+    starts = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    starts = starts if isinstance(starts, list) else []
+    starts.append({
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+        "resumed_from": None if resumed_from is None else str(resumed_from),
+        "global_step": step,
+        **provenance(),
+    })
+    atomic_write_text(path, yaml.safe_dump(starts, sort_keys=False))
+
+
 def train(cfg: DictConfig) -> float | None:
-    pl.seed_everything(cfg.seed, workers=True)
-    output_dir = cfg.paths.output_dir
+    output_dir = Path(cfg.paths.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
+    ckpt_path, step = None, 0
+    if cfg.get("resume"):
+        run_dir = Path(cfg.resume)
+        if run_dir.resolve() != output_dir.resolve():
+            raise ConfigError(f"resume={run_dir}: the run would continue in {output_dir}; use train.py resume=RUN_DIR")
+        check_unchanged(run_dir, config)
+        ckpt_path, ckpt = resume_checkpoint(run_dir)
+        step = ckpt.get("global_step", 0)
+        log.info("Resuming %s from %s (step %d, epoch %d)", run_dir, ckpt_path, step, ckpt.get("epoch", 0))
+        del ckpt
+    pl.seed_everything(cfg.seed, workers=True)
     # Under DDP, Lightning re-runs this script for ranks 1.. into the same folder: only rank 0 writes.
     if rank_zero_only.rank == 0:
-        atomic_write_text(f"{output_dir}/config.yaml", OmegaConf.to_yaml(config))
+        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(config))
+        record_start(output_dir, ckpt_path, step)
 
     datamodule: TranslationDataModule = build(cfg.data, "data")
     datamodule.prepare_data()
@@ -65,8 +100,15 @@ def train(cfg: DictConfig) -> float | None:
     loggers = [build(c, f"logger.{k}") for k, c in cfg.get("logger", {}).items() if c is not None]
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers)
 
+    # The datamodule restores the sampler's position itself (its state_dict), which Lightning
+    # cannot see: its warning about a non-resumable dataloader does not apply.
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
     start = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule)
+    interrupted = False
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    except SIGTERMException:
+        interrupted = True
     elapsed = time.perf_counter() - start
 
     best = best_score(trainer, "val/bleu")
@@ -76,8 +118,16 @@ def train(cfg: DictConfig) -> float | None:
         "train_seconds": round(elapsed, 1),
         "global_step": trainer.global_step,
         "best_val_bleu": best,
+        "interrupted": interrupted,
+        "skipped_batches": task.skipped_batches,
+        "data": datamodule.stats,
     }
     if trainer.is_global_zero:
-        atomic_write_text(f"{output_dir}/summary.yaml", OmegaConf.to_yaml(summary))
+        atomic_write_text(output_dir / "summary.yaml", OmegaConf.to_yaml(summary))
+    if interrupted:
+        log.warning(
+            "Stopped by SIGTERM after step %d; continue with: python train.py resume=%s", trainer.global_step, output_dir
+        )
+        sys.exit(128 + signal.SIGTERM)
     log.info("Finished in %.1f s; best val/bleu %s; run folder %s", elapsed, best, output_dir)
     return best_score(trainer, cfg.optimized_metric)

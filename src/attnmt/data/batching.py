@@ -59,10 +59,17 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self._skip: tuple[int, int] | None = None  # (epoch, batches of it already taken)
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_from(self, epoch: int, batches_taken: int) -> None:
+        """Continue an interrupted epoch: its first ``batches_taken`` batches (of this rank's
+        share) are not yielded again. Later epochs are whole."""
+        self.epoch = epoch
+        self._skip = (epoch, batches_taken)
 
     def _epoch_batches(self) -> list[list[int]]:
         if self._cache is None or self._cache[0] != self.epoch:
@@ -93,7 +100,10 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._epoch_batches()[self.rank :: self.num_replicas]
+        start = 0
+        if self._skip is not None and self._skip[0] == self.epoch:
+            start, self._skip = self._skip[1], None
+        yield from self._epoch_batches()[self.rank :: self.num_replicas][start:]
 
     def __len__(self) -> int:
         return len(self._epoch_batches()) // self.num_replicas

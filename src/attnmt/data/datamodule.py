@@ -17,7 +17,7 @@ from attnmt.data.batching import TokenBucketBatchSampler
 from attnmt.data.io import read_parallel
 from attnmt.data.synthetic import SRC_LANG, TGT_LANG, ensure_synthetic
 from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
-from attnmt.errors import ConfigError
+from attnmt.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,9 @@ class TranslationDataModule(pl.LightningDataModule):
         self.seed = seed
         self.tokenizer: Tokenizer | None = None
         self.datasets: dict[str, ParallelDataset] = {}
+        self.stats: dict[str, dict[str, int]] = {}
+        self.train_sampler: TokenBucketBatchSampler | None = None
+        self._resume_position: dict[str, int] | None = None
 
     # -- what a corpus provides ------------------------------------------------------------------
     def prepare_corpus(self) -> None:
@@ -155,23 +158,44 @@ class TranslationDataModule(pl.LightningDataModule):
         self.prepare_corpus()
         tok = self.build_tokenizer()
         if "train" not in self.datasets and stage in (None, "fit"):
-            src, tgt = read_parallel(*self.split_files("train"))
-            src_ids, tgt_ids = tok.encode_src(src), tok.encode_tgt(tgt)
-            keep = [
-                i for i, (s, t) in enumerate(zip(src_ids, tgt_ids))
-                if 0 < len(s) <= self.max_len and 0 < len(t) <= self.max_len
-            ]
-            dropped = len(src_ids) - len(keep)
-            log.info(
-                "train: %d pairs kept, %d dropped (empty or longer than data.max_len=%d subwords)",
-                len(keep), dropped, self.max_len,
-            )
-            self.datasets["train"] = ParallelDataset([src_ids[i] for i in keep], [tgt_ids[i] for i in keep])
+            self.datasets["train"] = self.train_dataset(tok)
         if "valid" not in self.datasets and stage in (None, "fit", "validate"):
             self.datasets["valid"] = self.eval_dataset("valid")
 
+    def train_dataset(self, tok: Tokenizer) -> ParallelDataset:
+        """Training pairs, without blank pairs and pairs longer than ``max_len`` subwords (counted
+        in :attr:`stats` and the log)."""
+        src_file, tgt_file = self.split_files("train")
+        src, tgt = read_parallel(src_file, tgt_file)
+        src_ids, tgt_ids = tok.encode_src(src), tok.encode_tgt(tgt)
+        blank = too_long = 0
+        keep = []
+        for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
+            if not (s and t and src[i].strip() and tgt[i].strip()):
+                blank += 1
+            elif len(s) > self.max_len or len(t) > self.max_len:
+                too_long += 1
+            else:
+                keep.append(i)
+        self.stats["train"] = {"pairs": len(src), "kept": len(keep), "blank": blank, "too_long": too_long}
+        log.info(
+            "train (%s, %s): %d pairs kept of %d; dropped %d blank or whitespace-only, "
+            "%d longer than data.max_len=%d subwords",
+            src_file, tgt_file, len(keep), len(src), blank, too_long, self.max_len,
+        )
+        if not keep:
+            raise DataError(
+                f"{src_file}, {tgt_file}: no training pair left after dropping blank pairs and pairs "
+                f"longer than data.max_len={self.max_len} subwords"
+            )
+        return ParallelDataset([src_ids[i] for i in keep], [tgt_ids[i] for i in keep])
+
     def eval_dataset(self, split: str) -> ParallelDataset:
         src, tgt = read_parallel(*self.split_files(split))
+        blank = sum(not (s.strip() and t.strip()) for s, t in zip(src, tgt))
+        if blank:  # kept: a score must cover every line of the split
+            log.warning("%s: %d blank or whitespace-only lines; kept, scores cover the whole split", split, blank)
+        self.stats[split] = {"pairs": len(src), "blank": blank}
         return encode_for_eval(self.build_tokenizer(), src, tgt, self.max_len)
 
     def references(self, split: str) -> list[str]:
@@ -191,13 +215,32 @@ class TranslationDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset, batch_sampler=sampler, collate_fn=dataset.collate,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            # Its own generator: creating an iterator must not draw from the global RNG, or a
+            # resumed run's dropout masks would differ from an uninterrupted run's.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.datasets["train"], shuffle=True)
+        loader = self.loader(self.datasets["train"], shuffle=True)
+        self.train_sampler = loader.batch_sampler
+        if self._resume_position is not None:
+            self.train_sampler.resume_from(**self._resume_position)
+            self._resume_position = None
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.datasets["valid"], shuffle=False)
+
+    # -- position in the data order, saved in checkpoints for an exact resume ---------------------
+    def state_dict(self) -> dict[str, int]:
+        if self.train_sampler is None or self.trainer is None:
+            return {}
+        # Batches of this epoch already taken by the training loop (Lightning's own count).
+        taken = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return {"epoch": self.train_sampler.epoch, "batches_taken": taken}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_position = dict(state) if state else None
 
 
 class SyntheticDataModule(TranslationDataModule):

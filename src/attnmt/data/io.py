@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import logging
 from pathlib import Path
 
 from attnmt.errors import DataError
+
+log = logging.getLogger(__name__)
+_reported_crlf: set[tuple[Path, float]] = set()
 
 
 def read_lines(path: str | Path) -> list[str]:
@@ -26,7 +30,14 @@ def read_lines(path: str | Path) -> list[str]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    return [line.rstrip("\r") for line in lines]
+    crlf = sum(line.endswith("\r") for line in lines)
+    if crlf:
+        key = (path.resolve(), path.stat().st_mtime)
+        if key not in _reported_crlf:  # once per file, however often it is read
+            _reported_crlf.add(key)
+            log.warning("%s: %d of %d lines end in CRLF; read without the CR", path, crlf, len(lines))
+        lines = [line.removesuffix("\r") for line in lines]
+    return lines
 
 
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:

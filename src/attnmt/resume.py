@@ -1,0 +1,104 @@
+"""``python train.py resume=RUN_DIR``: continue an interrupted run in its own folder.
+
+The entry point rewrites the command line before Hydra composes the config: the run's own
+overrides (``RUN_DIR/.hydra/overrides.yaml``) come first, then the user's, then
+``hydra.run.dir=RUN_DIR``. :func:`check_unchanged` then refuses overrides that would change what
+is being trained, and :func:`resume_checkpoint` picks the newest checkpoint that loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import yaml
+
+from attnmt.checkpoint import read_checkpoint
+from attnmt.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+# What a resumed run may not change: the model, what it learns from and how, and the seed.
+PROTECTED = ("model", "data", "task", "optimizer", "scheduler", "seed", "trainer.accumulate_grad_batches")
+# Within those, settings that do not change the computation.
+UNPROTECTED = ("data.num_workers",)
+_REWRITTEN = "ATTNMT_RESUME_ARGV_REWRITTEN"
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the run's saved overrides put in front when it holds ``resume=RUN_DIR``."""
+    given = [a for a in argv[1:] if a.startswith("resume=")]
+    # Lightning starts DDP ranks 1.. with the (already rewritten) command line of rank 0.
+    if not given or given[-1] in ("resume=", "resume=null") or os.environ.get(_REWRITTEN):
+        return argv
+    run_dir = Path(given[-1].split("=", 1)[1])
+    if any(a in ("-m", "--multirun") for a in argv[1:]):
+        raise ConfigError("resume=RUN_DIR continues one run; it cannot be combined with -m/--multirun")
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not (run_dir / "config.yaml").is_file() or not overrides_file.is_file():
+        raise ConfigError(
+            f"resume={run_dir}: not a training run folder (expected config.yaml and .hydra/overrides.yaml in it)"
+        )
+    saved = yaml.safe_load(overrides_file.read_text(encoding="utf-8")) or []
+    saved = [o for o in saved if not o.startswith(("resume=", "hydra.run.dir="))]
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    choices = (yaml.safe_load(hydra_file.read_text(encoding="utf-8")) or {}).get("hydra", {}).get(
+        "runtime", {}).get("choices", {}) if hydra_file.is_file() else {}
+    for arg in argv[1:]:  # another config group option would not even compose with the saved overrides
+        key, _, value = arg.partition("=")
+        if key in PROTECTED and key in choices and value != choices[key]:
+            raise ConfigError(
+                f"resume={run_dir}: {arg} (run: {key}={choices[key]}); a resumed run keeps its "
+                f"{', '.join(PROTECTED)}: start a new run to change them"
+            )
+    os.environ[_REWRITTEN] = "1"
+    return [argv[0], *saved, *argv[1:], f"hydra.run.dir={run_dir}"]
+
+
+def _flatten(node, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        out: dict[str, object] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def check_unchanged(run_dir: Path, config: dict) -> None:
+    """Refuse a resumed config that trains something else than the run's saved ``config.yaml``."""
+    saved_file = run_dir / "config.yaml"
+    saved = _flatten(yaml.safe_load(saved_file.read_text(encoding="utf-8")))
+    now = _flatten(config)
+
+    def protected(key: str) -> bool:
+        return key.startswith(tuple(p + "." for p in PROTECTED) + PROTECTED) and not key.startswith(UNPROTECTED)
+
+    changed = sorted(k for k in set(saved) | set(now) if protected(k) and saved.get(k) != now.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}={now.get(k)!r} (run: {saved.get(k)!r})" for k in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ConfigError(
+            f"resume={run_dir}: {diffs}{more} differ from {saved_file}; a resumed run keeps its "
+            f"{', '.join(PROTECTED)}: start a new run to change them"
+        )
+
+
+def resume_checkpoint(run_dir: Path) -> tuple[Path, dict]:
+    """The newest checkpoint of a run that loads, and its contents; a damaged one is skipped with
+    a warning naming it."""
+    folder = run_dir / "checkpoints"
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    problems = []
+    for path in candidates:
+        try:
+            ckpt = read_checkpoint(path)
+        except CheckpointError as e:
+            log.warning("Skipping %s", e)
+            problems.append(str(e))
+            continue
+        if problems:
+            log.warning("Resuming from %s instead (step %d)", path, ckpt.get("global_step", -1))
+        return path, ckpt
+    detail = f": {'; '.join(problems)}" if problems else ""
+    raise CheckpointError(f"resume={run_dir}: no valid checkpoint in {folder}{detail}")

@@ -1,0 +1,166 @@
+"""Interrupting and resuming: SIGKILL and SIGTERM mid-run, damaged checkpoints, refused overrides."""
+
+from __future__ import annotations
+
+import csv
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT
+
+STEPS = 120
+EVERY = 10
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> Path:
+    """Small enough for an epoch of a few batches: a run crosses many epoch boundaries."""
+    from attnmt.data.synthetic import ensure_synthetic
+
+    return ensure_synthetic(tmp_path_factory.mktemp("corpus"), num_train=600, num_valid=40, num_test=40)
+
+
+def train_cmd(corpus: Path, run: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run}",
+        f"data.data_dir={corpus}", "data.num_train=600", "data.num_valid=40", "data.num_test=40",
+        "data.vocab_size=300", "data.max_tokens=2048",
+        "model.emb_size=32", "model.hidden_size=64", "model.dropout=0.3",
+        f"trainer.max_steps={STEPS}", "trainer.max_epochs=1000", "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=25", "trainer.check_val_every_n_epoch=null",
+        f"callbacks.last_checkpoint.every_n_train_steps={EVERY}",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra,
+    ]
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def logged(run_dir: Path, key: str) -> dict[int, float]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
+
+def start_and_kill(cmd: list[str], cwd: Path, ckpt_dir: Path, sig: int) -> tuple[int, str]:
+    """Start a run, send it ``sig`` once it has written its second periodic checkpoint; its exit
+    status and output."""
+    out = cwd / "killed.out"
+    with open(out, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 300
+        while not (ckpt_dir / "last.prev.ckpt").exists():
+            assert proc.poll() is None, out.read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        proc.wait(timeout=300)
+    return proc.returncode, out.read_text()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_corpus, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("uninterrupted")
+    done = run(train_cmd(small_corpus, work / "run"), work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return work / "run"
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_the_same_losses(small_corpus, uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    status, _ = start_and_kill(train_cmd(small_corpus, run_dir), tmp_path, run_dir / "checkpoints", signal.SIGKILL)
+    assert status == -signal.SIGKILL  # really killed mid-run, not finished
+
+    resumed = run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    found = re.search(rf"Resuming {run_dir} from \S+ \(step (\d+), epoch (\d+)\)", resumed.stdout)
+    step_at_kill, epoch = int(found[1]), int(found[2])
+    assert EVERY <= step_at_kill < STEPS and epoch > 0  # mid-run, past an epoch boundary
+
+    reference, got = logged(uninterrupted, "train/loss"), logged(run_dir, "train/loss")
+    # One history: every step logged once, those after the checkpoint by the resumed run.
+    assert sorted(got) == list(range(STEPS)), sorted(set(range(STEPS)) - set(got))
+    after = [s for s in range(step_at_kill, STEPS)]
+    assert len(after) >= 30
+    for s in after:
+        assert got[s] == pytest.approx(reference[s], rel=1e-5, abs=1e-6), f"step {s}"
+    # Validation and the best checkpoint's bookkeeping carried over too.
+    assert logged(run_dir, "val/bleu") == pytest.approx(logged(uninterrupted, "val/bleu"), abs=1e-6)
+    summary, ref_summary = (yaml.safe_load((d / "summary.yaml").read_text()) for d in (run_dir, uninterrupted))
+    assert summary["global_step"] == STEPS and summary["best_val_bleu"] == pytest.approx(ref_summary["best_val_bleu"])
+    starts = yaml.safe_load((run_dir / "run_info.yaml").read_text())
+    assert [s["global_step"] for s in starts] == [0, step_at_kill]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(small_corpus, uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    status, out = start_and_kill(train_cmd(small_corpus, run_dir), tmp_path, run_dir / "checkpoints", signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM, out[-3000:]
+    assert f"continue with: python train.py resume={run_dir}" in out
+    # The checkpoint holds the step the run stopped at, not just the last periodic save.
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    summary = yaml.safe_load((run_dir / "summary.yaml").read_text())
+    assert summary["interrupted"] is True and summary["global_step"] == step < STEPS
+
+    resumed = run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference, got = logged(uninterrupted, "train/loss"), logged(run_dir, "train/loss")
+    for s in range(step, STEPS):
+        assert got[s] == pytest.approx(reference[s], rel=1e-5, abs=1e-6), f"step {s}"
+
+
+@pytest.mark.slow
+def test_damaged_last_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    (run_dir / "checkpoints" / "best.ckpt").unlink()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    previous_step = torch.load(run_dir / "checkpoints" / "last.prev.ckpt", weights_only=False)["global_step"]
+
+    proc = run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}", "trainer.max_steps=130"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Skipping {last}: not a readable checkpoint" in proc.stdout
+    assert f"Resuming from {run_dir / 'checkpoints' / 'last.prev.ckpt'} instead (step {previous_step})" in proc.stdout
+    assert yaml.safe_load((run_dir / "summary.yaml").read_text())["global_step"] == 130
+
+    # With nothing valid left, a one-line error naming the folder.
+    for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+        ckpt.write_bytes(b"garbage")
+    proc = run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}"], tmp_path)
+    assert proc.returncode == 2
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and f"no valid checkpoint in {run_dir / 'checkpoints'}" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [("model.hidden_size=128", "model.hidden_size=128 (run: 64)"), ("seed=7", "seed=7 (run: 1234)"),
+     ("model=transformer", "model=transformer (run: model=rnn_bahdanau)")],
+)
+def test_resume_refuses_overrides_that_change_the_model(uninterrupted, override, named, tmp_path):
+    proc = run([sys.executable, str(ROOT / "train.py"), f"resume={uninterrupted}", override], tmp_path)
+    assert proc.returncode == 2
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and named in errors[0] and "start a new run" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
+    proc = run([sys.executable, str(ROOT / "train.py"), f"resume={tmp_path}"], tmp_path)
+    assert proc.returncode == 2
+    assert f"error: resume={tmp_path}: not a training run folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
