@@ -164,3 +164,28 @@ def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
     assert proc.returncode == 2
     assert f"error: resume={tmp_path}: not a training run folder" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_metrics_and_another_seed_does_not(small_corpus, uninterrupted, tmp_path):
+    for name, extra in (("same", []), ("other", ["seed=99"])):
+        done = run(train_cmd(small_corpus, tmp_path / name, *extra), tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    reference = logged(uninterrupted, "train/loss")
+    assert logged(tmp_path / "same", "train/loss") == reference  # exactly, every step
+    assert logged(tmp_path / "same", "val/bleu") == logged(uninterrupted, "val/bleu")
+    other = logged(tmp_path / "other", "train/loss")
+    assert sum(other[s] != reference[s] for s in reference) > 0.9 * len(reference)
+
+
+def test_versions_and_commit_saved_with_the_run_and_in_the_checkpoint(uninterrupted):
+    start = yaml.safe_load((uninterrupted / "run_info.yaml").read_text())[0]
+    assert start["argv"][0].endswith("train.py") and start["resumed_from"] is None
+    meta = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=False)["attnmt"]
+    for record in (start, meta["provenance"]):
+        assert record["packages"]["torch"] == torch.__version__
+        assert record["packages"]["attnmt"] and record["python"] == sys.version.split()[0]
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        if head.returncode == 0:  # a git checkout: the commit the code came from
+            assert record["git"]["commit"] == head.stdout.strip()
+    assert meta["config"]["seed"] == 1234 and meta["config"]["model"]["hidden_size"] == 64

@@ -44,21 +44,45 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def check_weights(path: Path, expected: dict, found: dict, tokenizer: Tokenizer) -> None:
+    """One line naming the first difference between the weights a config builds and a file's."""
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise CheckpointError(
+            f"{path}: weights do not match its model config ({what}; {len(missing)} missing, "
+            f"{len(unexpected)} unexpected): a checkpoint of another model?"
+        )
+    for key, tensor in expected.items():
+        want, got = tuple(tensor.shape), tuple(found[key].shape)
+        if want == got:
+            continue
+        vocab = {tokenizer.src_vocab_size, tokenizer.tgt_vocab_size}
+        if want and got and want[0] != got[0] and want[0] in vocab:
+            raise CheckpointError(
+                f"{path}: its vocabulary has {want[0]} pieces but {key} was trained with {got[0]}: "
+                "sentencepiece model and weights come from different runs"
+            )
+        raise CheckpointError(f"{path}: weights do not match its model config ({key} is {got}, the config builds {want})")
+
+
 def load_for_decoding(path: str | Path) -> tuple[Seq2Seq, Tokenizer, dict, Path]:
     """Rebuild the model (in eval mode), its tokenizer and its training config from a checkpoint."""
     path = resolve_checkpoint(path)
     ckpt = read_checkpoint(path)
     meta = ckpt[CHECKPOINT_KEY]
-    config, tokenizer = meta["config"], Tokenizer.from_state(meta["tokenizer"])
+    try:
+        config, tokenizer = meta["config"], Tokenizer.from_state(meta["tokenizer"])
+        config["model"]["_target_"]
+    except Exception as e:  # a hand-edited or foreign 'attnmt' entry
+        raise CheckpointError(f"{path}: damaged '{CHECKPOINT_KEY}' entry ({type(e).__name__}: {str(e)[:120]})") from None
     model = build(
         config["model"], "model", src_vocab_size=tokenizer.src_vocab_size,
         tgt_vocab_size=tokenizer.tgt_vocab_size, joint_vocab=tokenizer.joint,
     )
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match its model config ({str(e).splitlines()[0]})") from None
+    check_weights(path, model.state_dict(), state, tokenizer)
+    model.load_state_dict(state)
     model.eval()
     log.info("Loaded %s (%s, %d parameters)", path, config["model"]["_target_"], model.num_parameters())
     return model, tokenizer, config, path

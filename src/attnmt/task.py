@@ -71,9 +71,11 @@ class TranslationTask(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         loss_sum, ntokens = self.loss(batch, self.label_smoothing)
         loss = loss_sum / ntokens
-        if not torch.isfinite(loss):
-            return self._non_finite(f"loss is {loss.item()}", batch)
+        # Logged also when not finite: Lightning would otherwise repeat the last value for this step.
         self.log("train/loss", loss, prog_bar=True, batch_size=int(ntokens))
+        if not torch.isfinite(loss):
+            self.log("train/grad_norm", float("nan"))
+            return self._non_finite(f"loss is {loss.item()}", batch)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -83,12 +85,13 @@ class TranslationTask(pl.LightningModule):
         if str(self.trainer.precision).startswith("16"):
             return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:  # training_step skipped this batch
+            return
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        self.log("train/grad_norm", norm)
         if not torch.isfinite(norm):
             self._non_finite(f"gradient norm is {norm.item()}", None)
             optimizer.zero_grad(set_to_none=True)  # nonfinite=skip: parameters without a gradient are not updated
-        else:
-            self.log("train/grad_norm", norm)
 
     def _non_finite(self, what: str, batch: dict[str, Tensor] | None) -> None:
         """Stop the run naming the step and the checkpoint to go back to, or (nonfinite=skip) count

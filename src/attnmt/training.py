@@ -76,7 +76,8 @@ def train(cfg: DictConfig) -> float | None:
         step = ckpt.get("global_step", 0)
         log.info("Resuming %s from %s (step %d, epoch %d)", run_dir, ckpt_path, step, ckpt.get("epoch", 0))
         del ckpt
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    log.info("Seed %d", cfg.seed)
     # Under DDP, Lightning re-runs this script for ranks 1.. into the same folder: only rank 0 writes.
     if rank_zero_only.rank == 0:
         atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(config))
