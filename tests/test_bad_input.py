@@ -3,6 +3,7 @@ the file, line or key, and no artefact left half-written. Also non-finite losses
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import torch
 import yaml
 
 from attnmt.data.synthetic import ensure_synthetic
-from attnmt.errors import TrainingError
+from attnmt.errors import TrainingError, exit_on_user_error
+from attnmt.evaluation import evaluate
 from attnmt.task import TranslationTask
 from attnmt.training import train
 
@@ -78,9 +80,7 @@ FAILING = {
     "invalid UTF-8": (invalid_utf8, []),
     "mismatched line counts": (mismatched_counts, []),
     "missing file": (missing_file, []),
-    "unknown config key": (lambda d: ["trainer.max_stepz"], ["trainer.max_stepz=3"]),
     "bad config value": (lambda d: ["task.nonfinite='ignore' is not one of stop, skip"], ["task.nonfinite=ignore"]),
-    "unwritable output folder": (None, None),
 }
 
 
@@ -91,35 +91,52 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+def call_entry(fn, cfg, capsys) -> tuple[int, list[str]]:
+    """What the entry point does with ``fn(cfg)``, in this process: exit status and stderr lines."""
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(fn)(cfg)
+    return exited.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
 def no_half_written_files(root: Path) -> None:
     leftovers = [p for p in root.rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers, leftovers
 
 
 @pytest.mark.parametrize("case", list(FAILING))
-def test_bad_training_input_gives_one_line_error(case, corpus, tmp_path):
+def test_bad_training_input_gives_one_line_error(case, corpus, tmp_path, capsys):
     data = copy_corpus(corpus, tmp_path / "data")
-    out = tmp_path / "out"
     spoil, extra = FAILING[case]
-    if spoil is None:  # the output folder's parent is a file
-        (tmp_path / "afile").write_text("x")
-        out, expected, extra = tmp_path / "afile" / "run", [f"{tmp_path / 'afile'} is a file, not a folder"], []
-    else:
-        expected = spoil(data)
-    proc = run(["train.py", *user_corpus_args(data), *TINY, "trainer.max_steps=2", *extra,
-                f"hydra.run.dir={out}"], tmp_path)
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    stderr = [line for line in proc.stderr.splitlines() if line.strip()]
-    if case == "unknown config key":  # Hydra's own message (struct mode): its first line names the key
-        assert proc.returncode == 1 and stderr[0] == "Could not override 'trainer.max_stepz'."
-    else:
-        assert proc.returncode == 2 and len(stderr) == 1 and stderr[0].startswith("error: "), proc.stderr
-        for fragment in expected:
-            assert fragment in stderr[0], (fragment, stderr[0])
+    expected = spoil(data)
+    cfg = compose_config("train", [*user_corpus_args(data), *TINY, "trainer.max_steps=2", *extra], tmp_path / "out")
+    status, stderr = call_entry(train, cfg, capsys)
+    assert status == 2 and len(stderr) == 1 and stderr[0].startswith("error: "), stderr
+    for fragment in expected:
+        assert fragment in stderr[0], (fragment, stderr[0])
     # Nothing that looks like a result: no checkpoint, no summary, no temporary file.
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("summary.yaml"))
     no_half_written_files(tmp_path)
+
+
+def test_unknown_key_and_unwritable_output_are_refused_before_anything_runs(tmp_path):
+    proc = run(["train.py", "trainer.max_stepz=3", f"hydra.run.dir={tmp_path / 'out'}"], tmp_path)
+    # Hydra's own message (struct mode kept on); its first line names the key.
+    assert proc.returncode == 1 and proc.stderr.splitlines()[0] == "Could not override 'trainer.max_stepz'."
+    assert "Traceback" not in proc.stderr
+
+    (tmp_path / "afile").write_text("x")
+    proc = run(["train.py", f"hydra.run.dir={tmp_path / 'afile' / 'run'}"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: hydra.run.dir={tmp_path / 'afile' / 'run'}: cannot write the output folder: "
+        f"{tmp_path / 'afile'} is a file, not a folder"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing created
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        proc = run(["train.py", f"hydra.run.dir={locked / 'run'}"], tmp_path)
+        assert proc.returncode == 2 and f"{locked} is not writable" in proc.stderr
 
 
 def test_crlf_blank_and_overlong_lines_are_handled_and_counted(corpus, tmp_path):
@@ -149,22 +166,20 @@ def test_crlf_blank_and_overlong_lines_are_handled_and_counted(corpus, tmp_path)
     assert "\r" not in tokenizer.decode_tgt([tokenizer.encode_tgt(["a\r"])[0]])[0]
 
 
-def test_gzip_that_is_not_gzip_is_named(corpus, tmp_path):
+def test_gzip_that_is_not_gzip_is_named(corpus, tmp_path, capsys):
     data = copy_corpus(corpus, tmp_path / "data")
     (data / "train.en").unlink()
     (data / "train.en.gz").write_bytes(b"plain text, not gzip\n")
-    proc = run(["train.py", *user_corpus_args(data), *TINY, "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'o'}"],
-               tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert f"error: {data}/train.en.gz: cannot be read" in proc.stderr
+    cfg = compose_config("train", [*user_corpus_args(data), *TINY, "trainer.max_steps=2"], tmp_path / "out")
+    status, stderr = call_entry(train, cfg, capsys)
+    assert status == 2 and len(stderr) == 1 and stderr[0].startswith(f"error: {data}/train.en.gz: cannot be read")
 
 
 # -- checkpoints given to evaluate.py ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trained") / "run"
-    proc = run(["train.py", *user_corpus_args(corpus), *TINY, "trainer.max_steps=3", f"hydra.run.dir={out}"], ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path_factory.mktemp("trained")
+    train(compose_config("train", [*user_corpus_args(corpus), *TINY, "trainer.max_steps=3"], out))
     return out / "checkpoints" / "last.ckpt"
 
 
@@ -198,7 +213,7 @@ CHECKPOINTS = {
 
 
 @pytest.mark.parametrize("case", list(CHECKPOINTS))
-def test_mismatched_checkpoint_given_to_evaluate(case, trained, tmp_path):
+def test_mismatched_checkpoint_given_to_evaluate(case, trained, tmp_path, capsys):
     spoil, expected = CHECKPOINTS[case]
     bad = tmp_path / "bad.ckpt"
     if spoil is None:
@@ -207,10 +222,8 @@ def test_mismatched_checkpoint_given_to_evaluate(case, trained, tmp_path):
         ckpt = torch.load(trained, weights_only=False)
         spoil(ckpt, tmp_path)
         torch.save(ckpt, bad)
-    proc = run(["evaluate.py", f"ckpt={bad}", f"hydra.run.dir={tmp_path / 'out'}"], ROOT)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    stderr = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(stderr) == 1 and stderr[0].startswith(f"error: {bad}: ") and expected in stderr[0], stderr
+    status, stderr = call_entry(evaluate, compose_config("evaluate", [f"ckpt={bad}"], tmp_path / "out"), capsys)
+    assert status == 2 and len(stderr) == 1 and stderr[0].startswith(f"error: {bad}: ") and expected in stderr[0], stderr
     assert not (tmp_path / "out" / "results.json").exists() and not (tmp_path / "out" / "hypotheses.txt").exists()
     no_half_written_files(tmp_path)
 
