@@ -191,3 +191,20 @@ def test_versions_and_commit_saved_with_the_run_and_in_the_checkpoint(uninterrup
         if head.returncode == 0:  # a git checkout: the commit the code came from
             assert record["git"]["commit"] == head.stdout.strip()
     assert meta["config"]["seed"] == 1234 and meta["config"]["model"]["hidden_size"] == 64
+
+
+@pytest.mark.slow
+def test_requeued_slurm_job_continues_its_own_run(small_corpus, uninterrupted, tmp_path):
+    """SLURM re-runs a requeued job's command as it was (no resume=): its run continues."""
+    import os
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    env = {**os.environ, "SLURM_RESTART_COUNT": "1"}
+    proc = subprocess.run(train_cmd(small_corpus, run_dir, "trainer.max_steps=130"), cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SLURM requeued this job (SLURM_RESTART_COUNT=1): resuming its run" in proc.stdout
+    assert f"Resuming {run_dir} from {run_dir / 'checkpoints' / 'last.ckpt'} (step {STEPS}" in proc.stdout
+    assert yaml.safe_load((run_dir / "summary.yaml").read_text())["global_step"] == 130

@@ -84,11 +84,22 @@ def check_unchanged(run_dir: Path, config: dict) -> None:
         )
 
 
+def requeued() -> bool:
+    """Whether SLURM restarted this job (pre-emption or requeue): it then continues its own run."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
+
+
+def find_checkpoints(run_dir: Path) -> list[Path]:
+    """A run's checkpoints, newest first: ours, and Lightning's SLURM ``hpc_ckpt_N.ckpt``."""
+    found = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def resume_checkpoint(run_dir: Path) -> tuple[Path, dict]:
     """The newest checkpoint of a run that loads, and its contents; a damaged one is skipped with
     a warning naming it."""
     folder = run_dir / "checkpoints"
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = find_checkpoints(run_dir)
     problems = []
     for path in candidates:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from attnmt.data.datamodule import TranslationDataModule
 from attnmt.errors import ConfigError
 from attnmt.models.base import Seq2Seq
-from attnmt.resume import check_unchanged, resume_checkpoint
+from attnmt.resume import check_unchanged, find_checkpoints, requeued, resume_checkpoint
 from attnmt.utils.config import build
 from attnmt.utils.io import atomic_write_text
 from attnmt.utils.provenance import provenance
@@ -67,8 +68,11 @@ def train(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     ckpt_path, step = None, 0
-    if cfg.get("resume"):
-        run_dir = Path(cfg.resume)
+    run_dir = Path(cfg.resume) if cfg.get("resume") else None
+    if run_dir is None and requeued() and find_checkpoints(output_dir):
+        log.info("SLURM requeued this job (SLURM_RESTART_COUNT=%s): resuming its run", os.environ["SLURM_RESTART_COUNT"])
+        run_dir = output_dir
+    if run_dir is not None:
         if run_dir.resolve() != output_dir.resolve():
             raise ConfigError(f"resume={run_dir}: the run would continue in {output_dir}; use train.py resume=RUN_DIR")
         check_unchanged(run_dir, config)
