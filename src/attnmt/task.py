@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from attnmt.data.tokenizer import PAD_ID, Tokenizer
 from attnmt.errors import ConfigError, TrainingError
+from attnmt.loss import smoothed_cross_entropy
 from attnmt.metrics import bleu
 from attnmt.models.base import Seq2Seq
 from attnmt.search import greedy_search
@@ -62,10 +62,7 @@ class TranslationTask(pl.LightningModule):
         """Summed token cross-entropy over non-padding targets, and the number of those tokens."""
         logits = self.model(batch["src"], batch["src_mask"], batch["tgt_in"])  # (B, T, V)
         target = batch["tgt_out"]  # (B, T)
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-            ignore_index=PAD_ID, label_smoothing=label_smoothing, reduction="sum",
-        )
+        loss = smoothed_cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), label_smoothing, PAD_ID)
         return loss, (target != PAD_ID).sum()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:

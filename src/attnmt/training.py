@@ -22,6 +22,7 @@ from attnmt.errors import ConfigError
 from attnmt.models.base import Seq2Seq
 from attnmt.resume import check_unchanged, find_checkpoints, requeued, resume_checkpoint
 from attnmt.utils.config import build
+from attnmt.utils.allocator import keep_freed_memory
 from attnmt.utils.io import atomic_write_text
 from attnmt.utils.provenance import provenance
 
@@ -65,6 +66,7 @@ def record_start(output_dir: Path, resumed_from: Path | None, step: int) -> None
 
 
 def train(cfg: DictConfig) -> float | None:
+    keep_freed_memory()
     output_dir = Path(cfg.paths.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     ckpt_path, step = None, 0

@@ -43,6 +43,12 @@ class ParallelDataset(Dataset):
             return [len(s) for s in self.src]
         return [max(len(s), len(t) - 1) for s, t in zip(self.src, self.tgt)]
 
+    def sort_keys(self) -> list[tuple[int, ...]]:
+        """Batching order: cost, then target length, then source length."""
+        if self.tgt is None:
+            return [(len(s),) for s in self.src]
+        return [(max(len(s), len(t) - 1), len(t), len(s)) for s, t in zip(self.src, self.tgt)]
+
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         src = pad([self.src[i] for i in indices])
         batch = {
@@ -90,6 +96,7 @@ class TranslationDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        spm_model: str | None = None,
     ):
         super().__init__()
         if max_len + 1 > max_tokens:
@@ -109,6 +116,7 @@ class TranslationDataModule(pl.LightningDataModule):
             "character_coverage": character_coverage,
         }
         self.joint_vocab = joint_vocab
+        self.spm_model = spm_model
         self.cache_dir = cache_dir
         self.num_workers = num_workers
         self.seed = seed
@@ -140,6 +148,13 @@ class TranslationDataModule(pl.LightningDataModule):
 
     def build_tokenizer(self) -> Tokenizer:
         if self.tokenizer is not None:
+            return self.tokenizer
+        if self.spm_model:  # a joint model trained elsewhere, used as it is
+            path = Path(self.spm_model)
+            if not path.is_file():
+                raise DataError(f"data.spm_model={path}: no such sentencepiece model file")
+            self.tokenizer = Tokenizer(path.read_bytes())
+            log.info("Using sentencepiece model %s (%d pieces)", path, self.tokenizer.src_vocab_size)
             return self.tokenizer
         src_file, tgt_file = self.split_files("train")
         src, tgt = read_parallel(src_file, tgt_file)
@@ -210,7 +225,7 @@ class TranslationDataModule(pl.LightningDataModule):
             rank, world = self.trainer.global_rank, self.trainer.world_size
         sampler = TokenBucketBatchSampler(
             dataset.lengths(), max_tokens or self.max_tokens, shuffle=shuffle,
-            seed=self.seed, num_replicas=world, rank=rank,
+            seed=self.seed, num_replicas=world, rank=rank, sort_keys=dataset.sort_keys(),
         )
         return DataLoader(
             dataset, batch_sampler=sampler, collate_fn=dataset.collate,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from attnmt.errors import DataError
 from attnmt.utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ class Tokenizer:
         self.joint = tgt_proto is None or tgt_proto == src_proto
         self.src = spm.SentencePieceProcessor(model_proto=self.src_proto)
         self.tgt = self.src if self.joint else spm.SentencePieceProcessor(model_proto=self.tgt_proto)
+        # Models trained elsewhere (Joey NMT, fairseq scripts) often have <unk>=0, <pad>=1: their
+        # ids 0 and 1 are swapped on the way in and out.
+        self.src_swap, self.tgt_swap = _needs_swap(self.src), _needs_swap(self.tgt)
 
     @property
     def src_vocab_size(self) -> int:
@@ -39,19 +43,19 @@ class Tokenizer:
         return self.tgt.get_piece_size()
 
     def encode_src(self, lines: list[str]) -> list[list[int]]:
-        return self.src.encode(lines)
+        return _swapped(self.src.encode(lines), self.src_swap)
 
     def encode_tgt(self, lines: list[str]) -> list[list[int]]:
-        return self.tgt.encode(lines)
+        return _swapped(self.tgt.encode(lines), self.tgt_swap)
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
-        return self.tgt.decode(ids)
+        return self.tgt.decode(_swapped(ids, self.tgt_swap))
 
     def src_pieces(self, ids: list[int]) -> list[str]:
-        return [self.src.id_to_piece(i) for i in ids]
+        return [self.src.id_to_piece(i) for i in _swapped([ids], self.src_swap)[0]]
 
     def tgt_pieces(self, ids: list[int]) -> list[str]:
-        return [self.tgt.id_to_piece(i) for i in ids]
+        return [self.tgt.id_to_piece(i) for i in _swapped([ids], self.tgt_swap)[0]]
 
     def state(self) -> dict:
         """What a checkpoint stores to rebuild this tokenizer without the data."""
@@ -60,6 +64,24 @@ class Tokenizer:
     @classmethod
     def from_state(cls, state: dict) -> "Tokenizer":
         return cls(state["src_proto"], state["tgt_proto"])
+
+
+def _needs_swap(processor: spm.SentencePieceProcessor) -> bool:
+    ids = (processor.pad_id(), processor.unk_id(), processor.bos_id(), processor.eos_id())
+    if ids == (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+        return False
+    if ids == (UNK_ID, PAD_ID, BOS_ID, EOS_ID):
+        return True
+    raise DataError(
+        f"a sentencepiece model with <pad>, <unk>, <s>, </s> = {ids}: attnmt needs ids "
+        f"{(PAD_ID, UNK_ID, BOS_ID, EOS_ID)} (or <pad> and <unk> swapped)"
+    )
+
+
+def _swapped(ids: list[list[int]], swap: bool) -> list[list[int]]:
+    if not swap:
+        return ids
+    return [[i ^ 1 if i < 2 else i for i in seq] for seq in ids]  # 0 <-> 1
 
 
 def _file_digest(path: Path) -> str:

@@ -22,6 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnmt.errors import ConfigError
 from attnmt.models.attention import Attention
+from attnmt.models.dropout import Dropout
 from attnmt.models.base import Seq2Seq, State
 
 RNN_TYPES = {"gru": nn.GRU, "lstm": nn.LSTM}
@@ -88,7 +89,7 @@ class RNNSeq2Seq(Seq2Seq):
             batch_first=True, dropout=dropout if decoder_layers > 1 else 0.0,
         )
         self.attention = attention(query_size=hidden_size, key_size=memory_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def decoder_input_size(self, emb_size: int, memory_size: int) -> int:
         raise NotImplementedError

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnmt.errors import ConfigError
+from attnmt.models.dropout import Dropout, dropout
 from attnmt.models.base import Seq2Seq, State, sinusoid_positions
 
 
@@ -49,10 +50,12 @@ class MultiHeadAttention(nn.Module):
         Returns ``(B, T, D)`` and, if asked, the weights ``(B, H, T, S)``."""
         q = self.split_heads(self.q_proj(query))  # (B, H, T, d_k)
         p = self.dropout if self.training else 0.0
-        if need_weights:
+        # SDPA on CPU has no fused kernel with dropout (it falls back to these same steps, with a
+        # slower mask): the explicit path then, with attnmt's dropout.
+        if need_weights or (p > 0.0 and q.device.type == "cpu"):
             scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T, S)
             weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # (B, H, T, S)
-            out = F.dropout(weights, p) @ v  # (B, H, T, d_k)
+            out = dropout(weights, p) @ v  # (B, H, T, d_k)
         else:
             weights = None
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=self.scale)
@@ -65,7 +68,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, dropout: float):
         super().__init__()
-        self.w_1, self.w_2, self.dropout = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model), nn.Dropout(dropout)
+        self.w_1, self.w_2, self.dropout = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model), Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w_2(self.dropout(F.relu(self.w_1(x))))
@@ -78,7 +81,7 @@ class EncoderLayer(nn.Module):
         self.self_attn = MultiHeadAttention(d_model, num_heads, dropout, scale_scores)
         self.ln_1, self.ln_2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.mlp = FeedForward(d_model, d_ff, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         def attn(h):
@@ -103,7 +106,7 @@ class DecoderLayer(nn.Module):
         self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout, scale_scores)
         self.ln_1, self.ln_2, self.ln_3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.mlp = FeedForward(d_model, d_ff, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self, x: Tensor, self_mask: Tensor, cross_kv: tuple[Tensor, Tensor], cross_mask: Tensor,
@@ -171,7 +174,7 @@ class Transformer(Seq2Seq):
         self.generator = nn.Linear(d_model, tgt_vocab_size, bias=False)
         if tie_embeddings:
             self.generator.weight = self.tgt_embed.weight  # section 3.4
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def embed(self, embedding: nn.Embedding, tokens: Tensor, offset: int = 0) -> Tensor:
         """Section 3.4: embeddings scaled by ``sqrt(d_model)`` plus sinusoidal positions."""

@@ -1,0 +1,300 @@
+"""Training and decoding speed at the Joey NMT reference sizes, side by side with its figures.
+
+    python benchmarks/speed.py                      # both models, about 10 minutes on 2 cores
+    python benchmarks/speed.py --models transformer --steps 30
+    python benchmarks/speed.py --ckpt-transformer outputs/recipes/x   # decode a trained model
+
+Data: Multi30k de-en from ../shared/data/multi30k with the peer's own sentencepiece model
+(../shared/bench/joeynmt/spm/spm8k.model), so both frameworks see the same segmentation; when
+those are absent, the embedded corpus (and the script says so: its figures are then not
+comparable with the reference table).
+
+Each measurement runs in its own process (so peak memory is its own):
+- train: a real ``pytorch_lightning.Trainer`` over the real config (token budget 4096,
+  label-smoothed loss, Adam, gradient clipping). A step is everything between two batches:
+  loading, forward, backward, optimizer and scheduler step, logging. Target tokens/s counts
+  non-padding target tokens including ``</s>`` (Joey's definition): the median of per-step rates
+  after the warm-up steps, and the overall rate (tokens / seconds over the same steps).
+- decode: test_2016_flickr (1,000 sentences) greedy and beam 5 (alpha 1.0, as the peer), in
+  ~4,096-token batches, with the model just trained for the benchmark unless a trained checkpoint
+  is given: an untrained model's outputs run to the length cap, so its decoding speed is not
+  comparable with a trained model's. The output pieces/s and the hypotheses at the cap are
+  printed to tell.
+- Transformer FLOP/s: the matrix-multiply FLOPs of each step (from the batch shapes, padding
+  included; backward = 2 x forward) over its time, against the best GEMM rate measured in the same
+  process at the model's own shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MULTI30K = SHARED / "data" / "multi30k"
+PEER_SPM = SHARED / "bench" / "joeynmt" / "spm" / "spm8k.model"
+
+# Joey NMT 2.3.0, same machine kind (../shared/bench/joeynmt/RESULTS.md).
+REFERENCE = {
+    "rnn": {"train_tok_s": 2001, "peak_rss_mib": 1872, "greedy_sent_s": 202, "beam5_sent_s": 71.3, "params": 8049920},
+    "transformer": {"train_tok_s": 963, "peak_rss_mib": 2505, "greedy_sent_s": 4.6, "beam5_sent_s": 12.5,
+                    "params": 7578624},
+}
+# The reference sizes (issue 6), as overrides of conf/model.
+MODELS = {
+    "rnn": ["model=rnn_bahdanau", "model.rnn_type=gru", "model.emb_size=256", "model.hidden_size=256",
+            "model.encoder_hidden_size=256", "model.dropout=0.3"],
+    "transformer": ["model=transformer", "model.d_model=256", "model.num_heads=4", "model.d_ff=1024",
+                    "model.encoder_layers=3", "model.decoder_layers=3", "model.tie_embeddings=true",
+                    "model.dropout=0.1"],
+}
+
+
+def data_overrides() -> tuple[list[str], str]:
+    if MULTI30K.is_dir() and PEER_SPM.is_file():
+        return (["data=multi30k", f"data.source_dir={MULTI30K}", f"data.spm_model={PEER_SPM}", "data.max_tokens=4096",
+                 "data.max_len=100"], "multi30k de-en, peer's spm8k")
+    print(f"NOTE: {MULTI30K} or {PEER_SPM} not found: using the embedded corpus; figures are not comparable "
+          "with the reference table", file=sys.stderr)
+    return ["data=synthetic", "data.max_tokens=4096"], "embedded synthetic corpus"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+# -- FLOPs -----------------------------------------------------------------------------------------
+def transformer_step_flops(m, batch) -> float:
+    """Matrix-multiply FLOPs of one training step on this batch (padded shapes), forward x 3."""
+    B, S = batch["src"].shape
+    T = batch["tgt_in"].shape[1]
+    d, ff, V = m["d_model"], m["d_ff"], m["vocab"]
+    enc = m["encoder_layers"] * (B * S * (4 * d * d + 2 * d * ff) + 2 * B * S * S * d)
+    dec = m["decoder_layers"] * (
+        B * T * (4 * d * d + 2 * d * ff) + 2 * B * T * T * d  # self-attention, feed-forward
+        + B * T * 2 * d * d + B * S * 2 * d * d + 2 * B * T * S * d  # cross-attention
+    )
+    out = B * T * d * V
+    return 3 * 2 * (enc + dec + out)  # 2 FLOPs per multiply-add; backward = 2 x forward
+
+
+def gemm_peak(m, tokens: int = 4096, repeats: int = 20) -> dict:
+    """Best fp32 GEMM rate at the model's shapes (GFLOP/s)."""
+    import torch
+
+    d, ff, V = m["d_model"], m["d_ff"], m["vocab"]
+    rates = {}
+    for name, (n, k, j) in {"d x d": (tokens, d, d), "d x ff": (tokens, d, ff), "ff x d": (tokens, ff, d),
+                            "d x vocab": (tokens, d, V)}.items():
+        a, b = torch.randn(n, k), torch.randn(k, j)
+        for _ in range(3):
+            a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+        rates[name] = 2 * n * k * j / best / 1e9
+    return rates
+
+
+# -- workers ---------------------------------------------------------------------------------------
+def train_worker(args) -> dict:
+    import pytorch_lightning as pl
+    import torch
+    from omegaconf import OmegaConf
+
+    from attnmt.data.tokenizer import PAD_ID
+    from attnmt.training import build_model
+    from attnmt.utils.config import build
+
+    from attnmt.utils.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as train.py does
+    overrides, _ = data_overrides()
+    cfg = compose([*overrides, *MODELS[args.model], f"paths.output_dir={args.workdir}"])
+    pl.seed_everything(1, verbose=False)
+    dm = build(cfg.data, "data")
+    dm.prepare_data()
+    dm.setup("fit")
+    model = build_model(cfg.model, dm)
+    task = build(cfg.task, "task", _partial_=True)(
+        model=model, optimizer=build(cfg.optimizer, "optimizer"), scheduler=build(cfg.scheduler, "scheduler"),
+        tokenizer=dm.tokenizer, train_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    shape = {"d_model": cfg.model.get("d_model"), "d_ff": cfg.model.get("d_ff"), "vocab": dm.tokenizer.tgt_vocab_size,
+             "encoder_layers": cfg.model.get("encoder_layers"), "decoder_layers": cfg.model.get("decoder_layers")}
+    steps: list[dict] = []
+
+    class Timer(pl.Callback):
+        last = None
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            now = time.perf_counter()
+            if self.last is not None:
+                steps.append({
+                    "seconds": now - self.last,
+                    "tgt_tokens": int((batch["tgt_out"] != PAD_ID).sum()),
+                    "tgt_slots": batch["tgt_out"].numel(),
+                    "src_tokens": int(batch["src_mask"].sum()),
+                    "src_slots": batch["src"].numel(),
+                    "flops": transformer_step_flops(shape, batch) if args.model == "transformer" else None,
+                })
+            self.last = now
+
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=args.warmup + args.steps + 1, limit_val_batches=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        gradient_clip_val=cfg.trainer.gradient_clip_val, callbacks=[Timer()], use_distributed_sampler=False,
+    )
+    trainer.fit(task, datamodule=dm)
+    timed = steps[args.warmup:]
+    rates = [s["tgt_tokens"] / s["seconds"] for s in timed]
+    result = {
+        "model": args.model,
+        "params": model.num_parameters(),
+        "threads": torch.get_num_threads(),
+        "timed_steps": len(timed),
+        "train_tok_s_median": statistics.median(rates),
+        "train_tok_s_overall": sum(s["tgt_tokens"] for s in timed) / sum(s["seconds"] for s in timed),
+        "tgt_tokens_per_step": statistics.mean(s["tgt_tokens"] for s in timed),
+        "seconds_per_step": statistics.median(s["seconds"] for s in timed),
+        "padding_tgt": 1 - sum(s["tgt_tokens"] for s in timed) / sum(s["tgt_slots"] for s in timed),
+        "padding_src": 1 - sum(s["src_tokens"] for s in timed) / sum(s["src_slots"] for s in timed),
+        "peak_rss_train_mib": peak_rss_mib(),
+    }
+    if args.model == "transformer":
+        achieved = [s["flops"] / s["seconds"] / 1e9 for s in timed]
+        peak = gemm_peak(shape)
+        result.update({"gflops_achieved_median": statistics.median(achieved), "gemm_gflops": peak,
+                       "gemm_peak_gflops": max(peak.values())})
+        result["fraction_of_gemm_peak"] = result["gflops_achieved_median"] / result["gemm_peak_gflops"]
+    trainer.save_checkpoint(Path(args.workdir) / f"{args.model}.ckpt", weights_only=False)
+    return result
+
+
+def decode_worker(args) -> dict:
+    import torch
+
+    from attnmt.checkpoint import load_for_decoding
+    from attnmt.data.io import read_parallel
+    from attnmt.evaluation import decode_lines
+    from attnmt.translate import DecodeSettings
+
+    model, tokenizer, config, path = load_for_decoding(args.ckpt)
+    src_file, ref_file = (MULTI30K / "test_2016_flickr.de.gz", MULTI30K / "test_2016_flickr.en.gz")
+    if not src_file.is_file():
+        data = ROOT / "data" / "synthetic"
+        src_file, ref_file = data / "test.en", data / "test.syn"
+    sources, references = read_parallel(src_file, ref_file)
+    settings = DecodeSettings(beam_size=args.beam, alpha=1.0 if args.beam > 1 else 0.0, batch_tokens=4096)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        _, hyp_ids, _, scores = decode_lines(model, tokenizer, config, sources, references, settings, progress=False)
+    seconds = time.perf_counter() - start
+    pieces = [len(h) for h in hyp_ids]
+    src_lens = [len(s) for s in tokenizer.encode_src(sources)]
+    cap = [int(1.5 * n + 10) for n in src_lens]
+    return {
+        "model": args.model, "beam": args.beam, "checkpoint": str(path), "sentences": len(sources),
+        "seconds": seconds, "sent_s": len(sources) / seconds, "output_pieces_s": sum(pieces) / seconds,
+        "at_cap": sum(p >= c for p, c in zip(pieces, cap)), "peak_rss_mib": peak_rss_mib(),
+        "bleu": scores["bleu"]["score"], "bleu_signature": scores["bleu"]["signature"],
+    }
+
+
+# -- driver ----------------------------------------------------------------------------------------
+def run_worker(*argv: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        sys.exit(f"benchmark worker {' '.join(argv)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["rnn", "transformer"], choices=list(MODELS))
+    parser.add_argument("--steps", type=int, default=40, help="timed training steps per model (default 40)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    parser.add_argument("--ckpt-rnn", help="trained RNN checkpoint/run to decode (default: the benchmark's own)")
+    parser.add_argument("--ckpt-transformer", help="trained Transformer checkpoint/run to decode")
+    parser.add_argument("--out", default="benchmarks/results/speed.json", help="JSON written here")
+    parser.add_argument("--worker", choices=["train", "decode"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--ckpt", help=argparse.SUPPRESS)
+    parser.add_argument("--beam", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps((train_worker if args.worker == "train" else decode_worker)(args)))
+        return
+
+    import tempfile
+
+    _, data_name = data_overrides()
+    results = {"data": data_name, "machine": {"cpus": os.cpu_count()}, "models": {}}
+    with tempfile.TemporaryDirectory() as work:
+        for name in args.models:
+            print(f"[{name}] training {args.warmup} + {args.steps} steps ...", file=sys.stderr, flush=True)
+            train = run_worker("--worker", "train", "--model", name, "--workdir", work,
+                               "--steps", str(args.steps), "--warmup", str(args.warmup))
+            ckpt = getattr(args, f"ckpt_{name}") or str(Path(work) / f"{name}.ckpt")
+            decode = {}
+            for beam in (1, 5):
+                print(f"[{name}] decoding, beam {beam} ...", file=sys.stderr, flush=True)
+                decode[beam] = run_worker("--worker", "decode", "--model", name, "--ckpt", ckpt, "--beam", str(beam))
+            results["models"][name] = {"train": train, "greedy": decode[1], "beam5": decode[5],
+                                       "decoded_trained_checkpoint": bool(getattr(args, f"ckpt_{name}"))}
+    report(results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(out)
+    print(f"\nwritten: {out}")
+
+
+def report(results: dict) -> None:
+    print(f"\ndata: {results['data']}; {results['machine']['cpus']} CPUs")
+    print("| model | params | train tok/s median (overall) | x ref | padding tgt/src | peak RSS train MiB (ref) "
+          "| greedy sent/s (x ref) | beam5 sent/s (x ref) | decode peak RSS MiB | at cap g/b5 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in results["models"].items():
+        t, g, b, ref = r["train"], r["greedy"], r["beam5"], REFERENCE[name]
+        print(f"| {name} | {t['params']:,} | {t['train_tok_s_median']:.0f} ({t['train_tok_s_overall']:.0f}) "
+              f"| {t['train_tok_s_median'] / ref['train_tok_s']:.2f} | {t['padding_tgt']:.1%} / {t['padding_src']:.1%} "
+              f"| {t['peak_rss_train_mib']:.0f} ({ref['peak_rss_mib']}) "
+              f"| {g['sent_s']:.1f} ({g['sent_s'] / ref['greedy_sent_s']:.2f}) "
+              f"| {b['sent_s']:.1f} ({b['sent_s'] / ref['beam5_sent_s']:.2f}) "
+              f"| {max(g['peak_rss_mib'], b['peak_rss_mib']):.0f} | {g['at_cap']}/{b['at_cap']} |")
+        if "fraction_of_gemm_peak" in t:
+            print(f"  {name}: {t['gflops_achieved_median']:.1f} GFLOP/s achieved in training, GEMM peak "
+                  f"{t['gemm_peak_gflops']:.1f} GFLOP/s at the model's shapes -> {t['fraction_of_gemm_peak']:.1%}")
+        if not r["decoded_trained_checkpoint"]:
+            print(f"  {name}: decoded the benchmark's briefly trained model (not comparable with a trained one; "
+                  "give --ckpt-" + name + ")")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The pieces that make training fast compute exactly what they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnmt.loss import smoothed_cross_entropy
+from attnmt.models.dropout import Dropout, dropout
+from attnmt.utils.allocator import keep_freed_memory
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_loss_equals_pytorch_cross_entropy_and_its_gradient(eps, dtype):
+    torch.manual_seed(0)
+    logits = (torch.randn(257, 61, dtype=dtype) * 6).requires_grad_()
+    target = torch.randint(0, 61, (257,))
+    target[::5] = 0  # padding
+    ref = F.cross_entropy(logits, target, ignore_index=0, label_smoothing=eps, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(ref * 0.37, logits)
+    got = smoothed_cross_entropy(logits, target, eps, ignore_index=0)
+    (got_grad,) = torch.autograd.grad(got * 0.37, logits)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert got.item() == pytest.approx(ref.item(), rel=tol)
+    assert torch.allclose(got_grad, ref_grad, atol=tol, rtol=0)
+    assert got_grad[::5].abs().max() == 0  # padding rows get no gradient
+
+
+def test_fused_loss_survives_extreme_logits():
+    logits = torch.tensor([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    target = torch.tensor([2, 1])  # the first: probability exp(-2000), far below float32's range
+    got = smoothed_cross_entropy(logits, target, 0.1, ignore_index=-1)
+    ref = F.cross_entropy(logits, target, label_smoothing=0.1, reduction="sum")
+    assert torch.isfinite(got) and got.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_dropout_keeps_the_right_share_and_scales_to_the_same_mean():
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000, requires_grad=True)
+    for p in (0.1, 0.3, 0.5):
+        y = dropout(x, p)
+        kept = (y != 0).float().mean().item()
+        assert kept == pytest.approx(1 - p, abs=0.003)  # 1e6 draws: 3 standard deviations ~ 0.0015
+        assert y.mean().item() == pytest.approx(1.0, abs=0.01)
+        values = torch.unique(y).tolist()
+        assert values[0] == 0.0 and len(values) == 2
+        assert values[1] == pytest.approx(1 / (1 - round(p * 65536) / 65536))
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert torch.equal(g, y.detach())  # the gradient goes through the same mask and scale
+    # Neighbouring elements are independent (the 16-bit slices of one draw are not correlated).
+    m = (dropout(x, 0.5) != 0).float().flatten()
+    assert torch.corrcoef(torch.stack([m[:-1], m[1:]]))[0, 1].abs() < 0.01
+
+
+def test_dropout_is_identity_in_eval_and_follows_the_seed():
+    layer = Dropout(0.3)
+    x = torch.randn(64, 64)
+    assert torch.equal(layer.eval()(x), x)
+    layer.train()
+    torch.manual_seed(5)
+    a = layer(x)
+    torch.manual_seed(5)
+    assert torch.equal(layer(x), a) and not torch.equal(layer(x), a)
+
+
+def test_allocator_setting_is_applied_on_linux_and_can_be_turned_off(monkeypatch):
+    import sys
+
+    if sys.platform.startswith("linux"):
+        assert keep_freed_memory() is True
+    monkeypatch.setenv("ATTNMT_MALLOPT", "0")
+    assert keep_freed_memory() is False
