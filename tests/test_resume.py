@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import signal
 import subprocess
@@ -74,17 +75,54 @@ def uninterrupted(small_corpus, tmp_path_factory) -> Path:
     return work / "run"
 
 
+KILLER = """
+import os, signal
+from pytorch_lightning import Callback
+
+class KillAt(Callback):
+    # Runs before attnmt's LastCheckpoint (Lightning moves checkpoint callbacks last).
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def with_killer(tmp_path: Path) -> dict:
+    (tmp_path / "killer.py").write_text(KILLER)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+
+
+def kill_at_worst_moment(corpus: Path, run_dir: Path, tmp_path: Path) -> int:
+    """SIGKILL a run when step 4*EVERY's checkpoint is written but the loggers have not yet
+    written that step's metrics (Lightning logs them after ``on_train_batch_end``)."""
+    cmd = train_cmd(corpus, run_dir, "+callbacks.kill._target_=killer.KillAt", f"+callbacks.kill.step={4 * EVERY}")
+    return subprocess.run(cmd, cwd=tmp_path, env=with_killer(tmp_path), capture_output=True, timeout=600).returncode
+
+
 @pytest.mark.slow
-def test_killed_run_resumes_with_the_same_losses(small_corpus, uninterrupted, tmp_path):
+@pytest.mark.parametrize("moment", ["after_second_checkpoint", "before_its_metrics_are_written"])
+def test_killed_run_resumes_with_the_same_losses(small_corpus, uninterrupted, tmp_path, moment):
     run_dir = tmp_path / "run"
-    status, _ = start_and_kill(train_cmd(small_corpus, run_dir), tmp_path, run_dir / "checkpoints", signal.SIGKILL)
+    if moment == "after_second_checkpoint":
+        status, _ = start_and_kill(train_cmd(small_corpus, run_dir), tmp_path, run_dir / "checkpoints", signal.SIGKILL)
+    else:
+        status = kill_at_worst_moment(small_corpus, run_dir, tmp_path)
     assert status == -signal.SIGKILL  # really killed mid-run, not finished
 
-    resumed = run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}"], tmp_path)
+    if moment == "after_second_checkpoint":
+        resumed = run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}"], tmp_path)
+    else:  # the killer callback is part of the run's command line: disarm it
+        cmd = [sys.executable, str(ROOT / "train.py"), f"resume={run_dir}", "callbacks.kill.step=-1"]
+        resumed = subprocess.run(cmd, cwd=tmp_path, env=with_killer(tmp_path), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     found = re.search(rf"Resuming {run_dir} from \S+ \(step (\d+), epoch (\d+)\)", resumed.stdout)
     step_at_kill, epoch = int(found[1]), int(found[2])
     assert EVERY <= step_at_kill < STEPS and epoch > 0  # mid-run, past an epoch boundary
+    if moment == "before_its_metrics_are_written":  # not from the checkpoint whose log row was lost
+        assert step_at_kill == 3 * EVERY
 
     reference, got = logged(uninterrupted, "train/loss"), logged(run_dir, "train/loss")
     # One history: every step logged once, those after the checkpoint by the resumed run.

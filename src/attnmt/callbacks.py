@@ -6,6 +6,11 @@ training, after every validation, at the end of training, and when the process g
 (pre-emption, ``scancel``, ``kill``). Before a newer step is written, the previous ``last.ckpt``
 becomes ``last.prev.ckpt``, so a damaged newest file still leaves a valid one to resume from.
 Files are written through the trainer's checkpoint IO (atomic: temporary file, then rename).
+
+A checkpoint becomes ``last.ckpt`` only once the loggers have written everything logged up to its
+step: Lightning logs a step's training metrics after ``on_train_batch_end``, so a checkpoint taken
+there is written as ``last.next.ckpt`` and published when the next batch starts. A run killed in
+between resumes from the checkpoint before, and its metrics history has no hole.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ class LastCheckpoint(Checkpoint):
         self.every_n_train_steps = every_n_train_steps
         self.every_n_seconds = None if every_n_minutes is None else 60.0 * every_n_minutes
         self.last_saved_step: int | None = None
+        self._unpublished = False  # last.next.ckpt written, waiting for the loggers
+        self._rotate = False  # publishing it moves last.ckpt (an older step) to last.prev.ckpt
         self._last_time = time.monotonic()
 
     @property
@@ -53,7 +60,11 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._due(trainer) and trainer.global_step != self.last_saved_step:
-            self.save(trainer)
+            self.write(trainer)  # this step's metrics are not logged yet: published at the next batch
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx) -> None:
+        if self._unpublished:
+            self.publish(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
         if not trainer.sanity_checking:
@@ -61,7 +72,9 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         if trainer.global_step != self.last_saved_step:
-            self.save(trainer)
+            self.write(trainer)
+        if self._unpublished:
+            self.publish(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
         # Lightning raises SIGTERMException between two batches, so the state is consistent.
@@ -70,17 +83,27 @@ class LastCheckpoint(Checkpoint):
             log.warning("SIGTERM after step %d: saved %s", trainer.global_step, self.path)
 
     def save(self, trainer: pl.Trainer) -> None:
-        step = trainer.global_step
-        # Written in full first, then two renames: at any moment a valid newest checkpoint exists.
+        """Write the training state now and make it ``last.ckpt`` (all hooks but batch end)."""
+        self.write(trainer)
+        self.publish(trainer)
+
+    def write(self, trainer: pl.Trainer) -> None:
+        # Written in full first; renamed by publish(): at any moment a valid newest checkpoint exists.
         trainer.save_checkpoint(self.dirpath / NEXT, weights_only=False)
+        self._unpublished = True
+        self._last_time = time.monotonic()
+        if trainer.global_step != self.last_saved_step:
+            self._rotate = True
+        self.last_saved_step = trainer.global_step
+
+    def publish(self, trainer: pl.Trainer) -> None:
+        for logger in trainer.loggers:  # the metrics logged up to this checkpoint reach the disk first
+            logger.save()
         if trainer.is_global_zero:
-            if self.path.exists() and step != self.last_saved_step:
+            if self.path.exists() and self._rotate:
                 os.replace(self.path, self.dirpath / PREVIOUS)
             os.replace(self.dirpath / NEXT, self.path)
-        self.last_saved_step = step
-        self._last_time = time.monotonic()
-        for logger in trainer.loggers:  # logged history up to this checkpoint reaches the disk too
-            logger.save()
+        self._unpublished = self._rotate = False
 
     def state_dict(self) -> dict:
         return {"last_saved_step": self.last_saved_step}

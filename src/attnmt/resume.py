@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from attnmt.callbacks import NEXT
 from attnmt.checkpoint import read_checkpoint
 from attnmt.errors import CheckpointError, ConfigError
 
@@ -90,8 +91,12 @@ def requeued() -> bool:
 
 
 def find_checkpoints(run_dir: Path) -> list[Path]:
-    """A run's checkpoints, newest first: ours, and Lightning's SLURM ``hpc_ckpt_N.ckpt``."""
-    found = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    """A run's checkpoints, newest first: ours, and Lightning's SLURM ``hpc_ckpt_N.ckpt``.
+
+    ``last.next.ckpt`` is left out: it was written but not yet published (its step's metrics may
+    not have reached the disk), see :class:`attnmt.callbacks.LastCheckpoint`."""
+    ours = [p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != NEXT]
+    found = [*ours, *run_dir.glob("hpc_ckpt_*.ckpt")]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
