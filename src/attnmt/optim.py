@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from attnmt.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class InverseSqrtWarmup(LambdaLR):
@@ -35,3 +39,46 @@ class ConstantWarmup(LambdaLR):
 
     def factor(self, step: int) -> float:
         return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+
+
+class PlateauWarmup(LambdaLR):
+    """Linear warm-up for ``warmup_steps``, then the optimizer's ``lr``, multiplied by ``factor``
+    each time validation BLEU has not improved for ``patience`` validations in a row, never below
+    ``min_lr`` (the "plateau" schedule of Joey NMT and fairseq's ``reduce_lr_on_plateau``).
+
+    Stepped every optimizer step like the other schedules; the training task reports each
+    validation score to :meth:`observe`. The score history is part of ``state_dict`` (resumes).
+    """
+
+    def __init__(self, optimizer: Optimizer, warmup_steps: int = 0, factor: float = 0.5,
+                 patience: int = 2, min_lr: float = 1e-5):
+        if warmup_steps < 0:
+            raise ConfigError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
+        if not 0.0 < factor < 1.0:
+            raise ConfigError(f"scheduler.factor={factor} must be between 0 and 1 (exclusive)")
+        if patience < 0:
+            raise ConfigError(f"scheduler.patience={patience} must be >= 0")
+        if min_lr < 0:
+            raise ConfigError(f"scheduler.min_lr={min_lr} must be >= 0")
+        self.warmup_steps, self.factor_on_plateau = warmup_steps, factor
+        self.patience, self.min_lr = patience, min_lr
+        self.scale, self.best, self.bad_validations = 1.0, None, 0
+        super().__init__(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        return warm * self.scale
+
+    def observe(self, score: float) -> None:
+        """One validation's score (higher is better)."""
+        if self.best is None or score > self.best:
+            self.best, self.bad_validations = score, 0
+            return
+        self.bad_validations += 1
+        if self.bad_validations > self.patience:
+            self.bad_validations = 0
+            floor = min(self.min_lr / base for base in self.base_lrs) if self.min_lr else 0.0
+            if self.scale > floor:
+                self.scale = max(self.scale * self.factor_on_plateau, floor)
+                log.info("Validation BLEU has not improved on %.2f for %d validations: learning rate x%g",
+                         self.best, self.patience + 1, self.scale)

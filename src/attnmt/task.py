@@ -145,6 +145,9 @@ class TranslationTask(pl.LightningModule):
         hyp_ids = [order[i] for i in range(len(references))]
         score = bleu(self.tokenizer.decode_tgt(hyp_ids), references)
         self.log("val/bleu", score, prog_bar=True, sync_dist=True)  # equal on every rank
+        scheduler = self.lr_schedulers()
+        if hasattr(scheduler, "observe"):  # a schedule that follows validation (scheduler=plateau)
+            scheduler.observe(score)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
