@@ -3,6 +3,8 @@
     python benchmarks/speed.py                      # both models, about 10 minutes on 2 cores
     python benchmarks/speed.py --models transformer --steps 30
     python benchmarks/speed.py --ckpt-transformer outputs/recipes/x   # decode a trained model
+    python benchmarks/speed.py --peer benchmarks/results/peer.json    # training ratios against the
+                                                    # peer measured now (benchmarks/peer_speed.py)
 
 Data: Multi30k de-en from ../shared/data/multi30k with the peer's own sentencepiece model
 (../shared/bench/joeynmt/spm/spm8k.model), so both frameworks see the same segmentation; when
@@ -240,6 +242,8 @@ def main() -> None:
     parser.add_argument("--ckpt-rnn", help="trained RNN checkpoint/run to decode (default: the benchmark's own)")
     parser.add_argument("--ckpt-transformer", help="trained Transformer checkpoint/run to decode")
     parser.add_argument("--out", default="benchmarks/results/speed.json", help="JSON written here")
+    parser.add_argument("--peer", type=Path, help="Joey NMT's training figures measured on this machine "
+                        "(benchmarks/peer_speed.py): training ratios against them instead of the reference table")
     parser.add_argument("--worker", choices=["train", "decode"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -252,8 +256,14 @@ def main() -> None:
 
     import tempfile
 
+    peer = None
+    if args.peer:
+        try:
+            peer = json.loads(args.peer.read_text())["models"]
+        except (OSError, ValueError, KeyError) as e:
+            sys.exit(f"error: --peer {args.peer}: not a benchmarks/peer_speed.py result ({e})")
     _, data_name = data_overrides()
-    results = {"data": data_name, "machine": {"cpus": os.cpu_count()}, "models": {}}
+    results = {"data": data_name, "machine": machine(), "models": {}, "peer_measured_now": peer}
     with tempfile.TemporaryDirectory() as work:
         for name in args.models:
             print(f"[{name}] training {args.warmup} + {args.steps} steps ...", file=sys.stderr, flush=True)
@@ -275,13 +285,36 @@ def main() -> None:
     print(f"\nwritten: {out}")
 
 
+def machine() -> dict:
+    import torch
+
+    cpu, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx2") if f in flags]
+    return {"cpus": os.cpu_count(), "cpu": cpu, "isa": isa, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
 def report(results: dict) -> None:
-    print(f"\ndata: {results['data']}; {results['machine']['cpus']} CPUs")
-    print("| model | params | train tok/s median (overall) | x ref | padding tgt/src | peak RSS train MiB (ref) "
-          "| greedy sent/s (x ref) | beam5 sent/s (x ref) | decode peak RSS MiB | at cap g/b5 |")
+    m, peer = results["machine"], results.get("peer_measured_now")
+    print(f"\ndata: {results['data']}; {m['cpus']} CPUs: {m.get('cpu')} ({', '.join(m.get('isa', [])) or '-'}); "
+          f"torch {m.get('torch')}, {m.get('torch_threads')} threads")
+    against = "x peer now" if peer else "x ref"
+    print(f"| model | params | train tok/s median (overall) | {against} | padding tgt/src | peak RSS train MiB "
+          f"({'peer now' if peer else 'ref'}) | greedy sent/s (x ref) | beam5 sent/s (x ref) | decode peak RSS MiB "
+          "| at cap g/b5 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results["models"].items():
-        t, g, b, ref = r["train"], r["greedy"], r["beam5"], REFERENCE[name]
+        t, g, b, ref = r["train"], r["greedy"], r["beam5"], dict(REFERENCE[name])
+        if peer and name in peer:
+            ref.update(train_tok_s=peer[name]["train_tok_s"], peak_rss_mib=round(peer[name]["peak_rss_mib"]))
         print(f"| {name} | {t['params']:,} | {t['train_tok_s_median']:.0f} ({t['train_tok_s_overall']:.0f}) "
               f"| {t['train_tok_s_median'] / ref['train_tok_s']:.2f} | {t['padding_tgt']:.1%} / {t['padding_src']:.1%} "
               f"| {t['peak_rss_train_mib']:.0f} ({ref['peak_rss_mib']}) "
@@ -291,6 +324,10 @@ def report(results: dict) -> None:
         if "fraction_of_gemm_peak" in t:
             print(f"  {name}: {t['gflops_achieved_median']:.1f} GFLOP/s achieved in training, GEMM peak "
                   f"{t['gemm_peak_gflops']:.1f} GFLOP/s at the model's shapes -> {t['fraction_of_gemm_peak']:.1%}")
+        if peer and name in peer:
+            print(f"  {name}: training against Joey NMT measured on this machine now ({peer[name]['train_tok_s']:.0f} "
+                  f"tok/s, {len(peer[name]['windows'])} windows); against the reference table "
+                  f"({REFERENCE[name]['train_tok_s']}): {t['train_tok_s_median'] / REFERENCE[name]['train_tok_s']:.2f}x")
         if not r["decoded_trained_checkpoint"]:
             print(f"  {name}: decoded the benchmark's briefly trained model (not comparable with a trained one; "
                   "give --ckpt-" + name + ")")
