@@ -22,6 +22,10 @@ Each measurement runs in its own process (so peak memory is its own):
   is given: an untrained model's outputs run to the length cap, so its decoding speed is not
   comparable with a trained model's. The output pieces/s and the hypotheses at the cap are
   printed to tell.
+- decoding bound: the matrix-multiply FLOPs of the decode as run (forward hooks on the model's
+  linear and recurrent layers) and the FLOPs any search needs (each source token encoded once, K
+  hypotheses per step until the output ends, costs counted on the model), against the best GEMM
+  rate of those layer shapes: the sentences/s no implementation of this model can beat here.
 - Transformer FLOP/s: the matrix-multiply FLOPs of each step (from the batch shapes, padding
   included; backward = 2 x forward) over its time, against the best GEMM rate measured in the same
   process at the model's own shapes.
@@ -121,6 +125,58 @@ def gemm_peak(m, tokens: int = 4096, repeats: int = 20) -> dict:
     return rates
 
 
+class GemmCounter:
+    """Counts the matrix-multiply FLOPs of a model's ``nn.Linear`` and ``nn.RNNBase`` layers as
+    they run (forward hooks): a lower bound on the work of decoding (attention scores, softmax and
+    search bookkeeping are left out), so ``FLOPs / GEMM peak`` bounds the time from below."""
+
+    def __init__(self, model):
+        from torch import nn
+
+        self.flops, self.shapes = 0.0, set()
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.register_forward_hook(self._linear)
+            elif isinstance(module, nn.RNNBase):
+                module.register_forward_hook(self._rnn)
+
+    def _linear(self, module, inputs, output) -> None:
+        rows = inputs[0].numel() // module.in_features
+        self.flops += 2.0 * rows * module.in_features * module.out_features
+        self.shapes.add((module.in_features, module.out_features))
+
+    def _rnn(self, module, inputs, output) -> None:
+        x, gates = inputs[0], {"GRU": 3, "LSTM": 4}.get(module.mode, 1)
+        x = getattr(x, "data", x)  # a PackedSequence holds its real steps as (rows, features)
+        rows = x.numel() // x.shape[-1]
+        directions = 2 if module.bidirectional else 1
+        size_in, h = x.shape[-1], module.hidden_size
+        for _ in range(module.num_layers):
+            self.flops += directions * 2.0 * rows * (size_in + h) * gates * h
+            size_in = directions * h
+        self.shapes.add((x.shape[-1], gates * h))
+
+
+def best_gemm_rate(shapes: set[tuple[int, int]], rows=(1024, 4096), repeats: int = 10) -> float:
+    """The best fp32 GEMM rate (GFLOP/s) over ``rows x in @ in x out`` for the given layer shapes."""
+    import torch
+
+    best_rate = 0.0
+    for n in rows:
+        for k, j in shapes:
+            a, b = torch.randn(n, k), torch.randn(k, j)
+            a @ b
+            best = min(_timed(lambda: a @ b) for _ in range(repeats))
+            best_rate = max(best_rate, 2 * n * k * j / best / 1e9)
+    return best_rate
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 # -- workers ---------------------------------------------------------------------------------------
 def train_worker(args) -> dict:
     import pytorch_lightning as pl
@@ -211,10 +267,17 @@ def decode_worker(args) -> dict:
         src_file, ref_file = data / "test.en", data / "test.syn"
     sources, references = read_parallel(src_file, ref_file)
     settings = DecodeSettings(beam_size=args.beam, alpha=1.0 if args.beam > 1 else 0.0, batch_tokens=4096)
+    counter = GemmCounter(model)
     start = time.perf_counter()
     with torch.inference_mode():
         _, hyp_ids, _, scores = decode_lines(model, tokenizer, config, sources, references, settings, progress=False)
     seconds = time.perf_counter() - start
+    counted = counter.flops
+    pieces = [len(h) for h in hyp_ids]
+    src_lens = [len(s) for s in tokenizer.encode_src(sources)]
+    with torch.inference_mode():
+        peak = best_gemm_rate(counter.shapes)
+        necessary = necessary_gemm_flops(model, counter, src_lens, pieces, args.beam)
     pieces = [len(h) for h in hyp_ids]
     src_lens = [len(s) for s in tokenizer.encode_src(sources)]
     cap = [int(1.5 * n + 10) for n in src_lens]
@@ -223,7 +286,33 @@ def decode_worker(args) -> dict:
         "seconds": seconds, "sent_s": len(sources) / seconds, "output_pieces_s": sum(pieces) / seconds,
         "at_cap": sum(p >= c for p, c in zip(pieces, cap)), "peak_rss_mib": peak_rss_mib(),
         "bleu": scores["bleu"]["score"], "bleu_signature": scores["bleu"]["signature"],
+        # Matrix multiplies alone, at the best GEMM rate of their shapes and nothing else running:
+        "gemm_gflop": counted / 1e9, "gemm_gflops_achieved": counted / seconds / 1e9, "gemm_peak_gflops": peak,
+        # ... and only the work any search must do: K hypotheses per step until the output ends.
+        "necessary_gemm_gflop": necessary / 1e9, "sent_s_bound": len(sources) / (necessary / 1e9 / peak),
     }
+
+
+def necessary_gemm_flops(model, counter: GemmCounter, src_lens: list[int], out_lens: list[int], beam: int) -> float:
+    """Matrix-multiply FLOPs that decoding these outputs needs at least: each source token encoded
+    once, ``beam`` hypotheses per target step up to the end of the output (``</s>`` included).
+    Per-token and per-step costs are counted on the model itself (one sentence, one step)."""
+    import torch
+
+    from attnmt.data.tokenizer import BOS_ID
+
+    n = 10
+    src, mask = torch.full((1, n), BOS_ID + 1), torch.ones(1, n, dtype=torch.bool)
+    counter.flops = 0.0
+    enc = model.encode(src, mask)
+    per_token = counter.flops / n
+    counter.flops = 0.0
+    state = model.init_state(enc)
+    per_sentence = counter.flops
+    counter.flops = 0.0
+    model.decode_step(enc, state, torch.tensor([BOS_ID]))
+    per_step = counter.flops
+    return sum(s * per_token + per_sentence + beam * (o + 1) * per_step for s, o in zip(src_lens, out_lens))
 
 
 # -- driver ----------------------------------------------------------------------------------------
@@ -324,6 +413,13 @@ def report(results: dict) -> None:
         if "fraction_of_gemm_peak" in t:
             print(f"  {name}: {t['gflops_achieved_median']:.1f} GFLOP/s achieved in training, GEMM peak "
                   f"{t['gemm_peak_gflops']:.1f} GFLOP/s at the model's shapes -> {t['fraction_of_gemm_peak']:.1%}")
+        for label, d in (("greedy", g), ("beam 5", b)):
+            if "sent_s_bound" in d:
+                print(f"  {name} {label}: {d['gemm_gflop']:.0f} GFLOP of matrix multiplies run at "
+                      f"{d['gemm_gflops_achieved']:.0f} GFLOP/s; {d['necessary_gemm_gflop']:.0f} GFLOP necessary "
+                      f"(K hypotheses per step to the output's end): at the GEMM peak of their shapes "
+                      f"({d['gemm_peak_gflops']:.0f} GFLOP/s) and nothing else, at most {d['sent_s_bound']:.0f} sent/s "
+                      f"= {d['sent_s_bound'] / ref[('greedy' if label == 'greedy' else 'beam5') + '_sent_s']:.1f}x ref")
         if peer and name in peer:
             print(f"  {name}: training against Joey NMT measured on this machine now ({peer[name]['train_tok_s']:.0f} "
                   f"tok/s, {len(peer[name]['windows'])} windows); against the reference table "
