@@ -204,14 +204,17 @@ def train_worker(args) -> dict:
     shape = {"d_model": cfg.model.get("d_model"), "d_ff": cfg.model.get("d_ff"), "vocab": dm.tokenizer.tgt_vocab_size,
              "encoder_layers": cfg.model.get("encoder_layers"), "decoder_layers": cfg.model.get("decoder_layers")}
     steps: list[dict] = []
+    counter = GemmCounter(model)  # the forward's matrix multiplies, all models
 
     class Timer(pl.Callback):
         last = None
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             now = time.perf_counter()
+            forward_flops, counter.flops = counter.flops, 0.0
             if self.last is not None:
                 steps.append({
+                    "gemm_flops": 3 * forward_flops,  # backward = 2 x forward
                     "seconds": now - self.last,
                     "tgt_tokens": int((batch["tgt_out"] != PAD_ID).sum()),
                     "tgt_slots": batch["tgt_out"].numel(),
@@ -242,6 +245,17 @@ def train_worker(args) -> dict:
         "padding_src": 1 - sum(s["src_tokens"] for s in timed) / sum(s["src_slots"] for s in timed),
         "peak_rss_train_mib": peak_rss_mib(),
     }
+    with torch.inference_mode():
+        layer_peak = best_gemm_rate(counter.shapes)
+    flops_per_token = sum(s["gemm_flops"] for s in timed) / sum(s["tgt_tokens"] for s in timed)
+    result.update({
+        # Linear and recurrent layers only (attention scores and softmax left out): the step's
+        # matrix-multiply work at the best GEMM rate of those shapes bounds tokens/s from above.
+        "layer_gemm_gflop_per_step": statistics.mean(s["gemm_flops"] for s in timed) / 1e9,
+        "layer_gemm_gflops_achieved": sum(s["gemm_flops"] for s in timed) / sum(s["seconds"] for s in timed) / 1e9,
+        "layer_gemm_peak_gflops": layer_peak,
+        "train_tok_s_bound": layer_peak * 1e9 / flops_per_token,
+    })
     if args.model == "transformer":
         achieved = [s["flops"] / s["seconds"] / 1e9 for s in timed]
         peak = gemm_peak(shape)
@@ -413,6 +427,12 @@ def report(results: dict) -> None:
         if "fraction_of_gemm_peak" in t:
             print(f"  {name}: {t['gflops_achieved_median']:.1f} GFLOP/s achieved in training, GEMM peak "
                   f"{t['gemm_peak_gflops']:.1f} GFLOP/s at the model's shapes -> {t['fraction_of_gemm_peak']:.1%}")
+        if "train_tok_s_bound" in t:
+            print(f"  {name} training: {t['layer_gemm_gflop_per_step']:.1f} GFLOP of layer matrix multiplies per step "
+                  f"run at {t['layer_gemm_gflops_achieved']:.0f} GFLOP/s; at the GEMM peak of their shapes "
+                  f"({t['layer_gemm_peak_gflops']:.0f} GFLOP/s) and nothing else, at most "
+                  f"{t['train_tok_s_bound']:.0f} tok/s = {t['train_tok_s_bound'] / ref['train_tok_s']:.2f}x "
+                  f"{'peer now' if peer and name in peer else 'ref'}")
         for label, d in (("greedy", g), ("beam 5", b)):
             if "sent_s_bound" in d:
                 print(f"  {name} {label}: {d['gemm_gflop']:.0f} GFLOP of matrix multiplies run at "
