@@ -315,14 +315,15 @@ def necessary_gemm_flops(model, counter: GemmCounter, src_lens: list[int], out_l
 
     from attnmt.data.tokenizer import BOS_ID
 
-    n = 10
-    src, mask = torch.full((1, n), BOS_ID + 1), torch.ones(1, n, dtype=torch.bool)
-    counter.flops = 0.0
-    enc = model.encode(src, mask)
-    per_token = counter.flops / n
-    counter.flops = 0.0
-    state = model.init_state(enc)
-    per_sentence = counter.flops
+    def prepare(n: int) -> tuple[float, dict, dict]:  # encode + initial state of one n-token source
+        counter.flops = 0.0
+        enc = model.encode(torch.full((1, n), BOS_ID + 1), torch.ones(1, n, dtype=torch.bool))
+        state = model.init_state(enc)
+        return counter.flops, enc, state
+
+    (f10, _, _), (f20, enc, state) = prepare(10), prepare(20)
+    per_token = (f20 - f10) / 10  # both grow linearly with the source (Transformer: cross keys/values)
+    per_sentence = f10 - 10 * per_token
     counter.flops = 0.0
     model.decode_step(enc, state, torch.tensor([BOS_ID]))
     per_step = counter.flops
