@@ -7,7 +7,6 @@ import torch
 
 from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from attnmt.models.base import Seq2Seq, select_batch
-from attnmt.models.rnn import BahdanauRNN, RNNSeq2Seq
 
 from conftest import MODELS, build_tiny_model
 
@@ -17,7 +16,6 @@ VARIANTS = [(m, []) for m in MODELS] + [
     ("rnn_luong", ["model.attention.score=concat", "model.input_feeding=false"]),
     ("rnn_luong", ["model.rnn_type=lstm", "model.decoder_layers=2", "model.encoder_layers=2"]),
     ("rnn_bahdanau", ["model.rnn_type=lstm", "model.decoder_layers=2"]),
-    ("rnn_bahdanau", ["model.attention.score=general"]),
     ("transformer", ["model.norm_first=false"]),
 ]
 IDS = [m + "".join(f"[{o.split('.')[-1]}]" for o in ov) for m, ov in VARIANTS]
@@ -121,29 +119,3 @@ def test_state_reordering_follows_the_batch(model):
         logits_r, _, _ = model.decode_step(enc_r, state_r, tgt[index, 3])
         full = model(src[index], mask[index], tgt[index])
     torch.testing.assert_close(logits_r, full[:, 3], atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("score", ["additive", "general"])
-def test_fused_gru_decoder_equals_the_gru_module(score):
-    """BahdanauRNN's one-layer GRU path (input projection split by [E y; c], s_{t-1} multiplied by
-    [W_h; W_a] at once, gates written out) computes what nn.GRU and the attention module compute:
-    the same logits, attention and parameter gradients (float64)."""
-    model = build_tiny_model("rnn_bahdanau", V, [f"model.attention.score={score}"]).double()
-    assert model.fused
-    src, mask = random_batch([6, 9, 4])
-    tgt = random_targets(3, 7)
-    probe = torch.randn(3, 7, V, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-
-    def run(decode):
-        model.zero_grad()
-        logits, attn = decode(model, model.encode(src, mask), tgt, need_attention=True)
-        (logits * probe).sum().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        return logits.detach(), attn["cross"].detach(), grads
-
-    fused, reference = run(BahdanauRNN.decode), run(RNNSeq2Seq.decode)
-    torch.testing.assert_close(fused[0], reference[0], atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(fused[1], reference[1], atol=1e-10, rtol=1e-10)
-    assert fused[2].keys() == reference[2].keys() and "rnn.weight_hh_l0" in fused[2]
-    for name in reference[2]:
-        torch.testing.assert_close(fused[2][name], reference[2][name], atol=1e-10, rtol=1e-8, msg=name)

@@ -64,20 +64,6 @@ class Attention(nn.Module):
             return self.W_k(keys)
         return keys
 
-    @property
-    def query_weight(self) -> Tensor | None:
-        """The query's projection ``W_a`` of the additive score (``None`` for dot and general), for
-        callers that fuse it with another projection of the same query (:class:`BahdanauRNN`)."""
-        return self.W_q.weight if self.score == "concat" else None
-
-    def scores_projected(self, proj_query: Tensor, proj_keys: Tensor) -> Tensor:
-        """Scores ``(B, T, S)`` from an already projected query ``(B, T, A)`` (``W_a q`` for concat,
-        ``q`` itself otherwise)."""
-        if self.score == "concat":
-            energy = torch.tanh(proj_query.unsqueeze(2) + proj_keys.unsqueeze(1))  # (B, T, S, A)
-            return self.v_a(energy).squeeze(-1)
-        return torch.bmm(proj_query, proj_keys.transpose(1, 2))
-
     def scores(self, query: Tensor, proj_keys: Tensor) -> Tensor:
         """``query`` ``(B, T, Q)`` -> unnormalised scores ``(B, T, S)``."""
         if self.score == "concat":

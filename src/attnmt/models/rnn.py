@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnmt.errors import ConfigError
-from attnmt.models.attention import Attention, masked_softmax
+from attnmt.models.attention import Attention
 from attnmt.models.dropout import Dropout
 from attnmt.models.base import Seq2Seq, State
 
@@ -174,68 +174,6 @@ class BahdanauRNN(RNNSeq2Seq):
     def readout(self, emb: Tensor, out: Tensor, context: Tensor) -> Tensor:
         hidden = torch.tanh(self.pre_output(torch.cat([out, context, emb], dim=-1)))  # (B, T, H)
         return self.generator(self.dropout(hidden))  # (B, T, V)
-
-    # -- the same model, computed faster for a one-layer GRU -------------------------------------
-    # The GRU's input projection W_i [E y_{t-1}; c_t] splits into W_ie E y_{t-1}, computed for all
-    # target steps at once, and W_ic c_t; s_{t-1} is multiplied once by [W_h; W_a] (the GRU's
-    # recurrent weights and the attention's query projection). Same parameters, same results.
-    @property
-    def fused(self) -> bool:
-        return not self.is_lstm and self.decoder_layers == 1
-
-    def fused_weights(self) -> dict[str, Tensor]:
-        emb_size, gru = self.tgt_embed.embedding_dim, self.rnn
-        w_q = self.attention.query_weight  # (A, H) or None
-        w_hq, b_hq = gru.weight_hh_l0, gru.bias_hh_l0  # (3H, H), (3H,)
-        if w_q is not None:
-            w_hq, b_hq = torch.cat([w_hq, w_q]), torch.cat([b_hq, b_hq.new_zeros(w_q.size(0))])
-        return {"ie": gru.weight_ih_l0[:, :emb_size], "b_ih": gru.bias_ih_l0,  # (3H, E), (3H,)
-                "ic": gru.weight_ih_l0[:, emb_size:], "hq": w_hq, "b_hq": b_hq}  # (3H, M), (3H+A, H)
-
-    def fused_step(self, enc: State, h: Tensor, x_emb: Tensor, w: dict[str, Tensor]):
-        """``h`` ``(B, H)``: s_{t-1}; ``x_emb`` ``(B, 3H)``: W_ie E y_{t-1} + b_i. Returns s_t
-        ``(B, H)``, c_t ``(B, 1, M)`` and the weights ``(B, 1, S)``."""
-        H = self.hidden_size
-        hq = nn.functional.linear(h, w["hq"], w["b_hq"])  # (B, 3H [+ A])
-        gh, query = hq[:, : 3 * H], (hq[:, 3 * H :] if hq.size(1) > 3 * H else h)  # W_h s + b_h, W_a s
-        scores = self.attention.scores_projected(query.unsqueeze(1), enc["keys"])  # (B, 1, S)
-        weights = masked_softmax(scores, enc["src_mask"])  # (B, 1, S)
-        context = torch.bmm(weights, enc["memory"])  # (B, 1, M): c_t
-        gi = x_emb + nn.functional.linear(context.squeeze(1), w["ic"])  # (B, 3H)
-        i_r, i_z, i_n = gi.chunk(3, dim=-1)
-        h_r, h_z, h_n = gh.chunk(3, dim=-1)
-        r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)  # reset and update gates
-        n = torch.tanh(i_n + r * h_n)
-        return n + z * (h - n), context, weights  # s_t = (1 - z) n + z s_{t-1}
-
-    def decode_step(self, enc: State, state: State, prev: Tensor, need_attention: bool = False):
-        if not self.fused:
-            return super().decode_step(enc, state, prev, need_attention)
-        emb = self.dropout(self.tgt_embed(prev))  # (B, E)
-        w = self.fused_weights()
-        x_emb = nn.functional.linear(emb, w["ie"], w["b_ih"])  # (B, 3H)
-        h, context, weights = self.fused_step(enc, state["h"][:, 0], x_emb, w)
-        logits = self.readout(emb.unsqueeze(1), out=h.unsqueeze(1), context=context).squeeze(1)  # (B, V)
-        attn = {"cross": weights[:, None, None, 0]} if need_attention else {}  # (B, 1, 1, S)
-        return logits, {"h": h.unsqueeze(1)}, attn
-
-    def decode(self, enc: State, tgt_in: Tensor, need_attention: bool = False):
-        if not self.fused:
-            return super().decode(enc, tgt_in, need_attention)
-        emb = self.dropout(self.tgt_embed(tgt_in))  # (B, T, E)
-        w = self.fused_weights()
-        x_emb = nn.functional.linear(emb, w["ie"], w["b_ih"])  # (B, T, 3H): all steps in one product
-        h = self.init_state(enc)["h"][:, 0]  # (B, H)
-        outs, contexts, weights = [], [], []
-        for t in range(tgt_in.size(1)):
-            h, context, wt = self.fused_step(enc, h, x_emb[:, t], w)
-            outs.append(h)
-            contexts.append(context)
-            weights.append(wt)
-        out, context = torch.stack(outs, dim=1), torch.cat(contexts, dim=1)  # (B, T, H), (B, T, M)
-        logits = self.readout(emb, out=out, context=context)  # (B, T, V)
-        attention = {"cross": torch.cat(weights, dim=1)[:, None, None]} if need_attention else {}  # (B, 1, 1, T, S)
-        return logits, attention
 
 
 class LuongRNN(RNNSeq2Seq):
