@@ -43,7 +43,7 @@ class ConstantWarmup(LambdaLR):
 
 class PlateauWarmup(LambdaLR):
     """Linear warm-up for ``warmup_steps``, then the optimizer's ``lr``, multiplied by ``factor``
-    each time validation BLEU has not improved for ``patience`` validations in a row, never below
+    each time more than ``patience`` validations in a row bring no better BLEU, never below
     ``min_lr`` (the "plateau" schedule of Joey NMT and fairseq's ``reduce_lr_on_plateau``).
 
     Stepped every optimizer step like the other schedules; the training task reports each
