@@ -105,24 +105,26 @@ def transformer_step_flops(m, batch) -> float:
     return 3 * 2 * (enc + dec + out)  # 2 FLOPs per multiply-add; backward = 2 x forward
 
 
-def gemm_peak(m, tokens: int = 4096, repeats: int = 20) -> dict:
-    """Best fp32 GEMM rate at the model's shapes (GFLOP/s)."""
+def gemm_rate(n: int, k: int, j: int, repeats: int = 20) -> float:
+    """Best fp32 rate (GFLOP/s) of an ``(n x k) @ (k x j)`` product over ``repeats`` runs."""
     import torch
 
+    a, b = torch.randn(n, k), torch.randn(k, j)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n * k * j / best / 1e9
+
+
+def gemm_peak(m, tokens: int = 4096) -> dict:
+    """Best fp32 GEMM rate at the Transformer's shapes (GFLOP/s)."""
     d, ff, V = m["d_model"], m["d_ff"], m["vocab"]
-    rates = {}
-    for name, (n, k, j) in {"d x d": (tokens, d, d), "d x ff": (tokens, d, ff), "ff x d": (tokens, ff, d),
-                            "d x vocab": (tokens, d, V)}.items():
-        a, b = torch.randn(n, k), torch.randn(k, j)
-        for _ in range(3):
-            a @ b
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t)
-        rates[name] = 2 * n * k * j / best / 1e9
-    return rates
+    shapes = {"d x d": (d, d), "d x ff": (d, ff), "ff x d": (ff, d), "d x vocab": (d, V)}
+    return {name: gemm_rate(tokens, k, j) for name, (k, j) in shapes.items()}
 
 
 class GemmCounter:
@@ -157,24 +159,9 @@ class GemmCounter:
         self.shapes.add((x.shape[-1], gates * h))
 
 
-def best_gemm_rate(shapes: set[tuple[int, int]], rows=(1024, 4096), repeats: int = 10) -> float:
+def best_gemm_rate(shapes: set[tuple[int, int]], rows=(1024, 4096)) -> float:
     """The best fp32 GEMM rate (GFLOP/s) over ``rows x in @ in x out`` for the given layer shapes."""
-    import torch
-
-    best_rate = 0.0
-    for n in rows:
-        for k, j in shapes:
-            a, b = torch.randn(n, k), torch.randn(k, j)
-            a @ b
-            best = min(_timed(lambda: a @ b) for _ in range(repeats))
-            best_rate = max(best_rate, 2 * n * k * j / best / 1e9)
-    return best_rate
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+    return max(gemm_rate(n, k, j, repeats=10) for n in rows for k, j in shapes)
 
 
 # -- workers ---------------------------------------------------------------------------------------
@@ -292,8 +279,6 @@ def decode_worker(args) -> dict:
     with torch.inference_mode():
         peak = best_gemm_rate(counter.shapes)
         necessary = necessary_gemm_flops(model, counter, src_lens, pieces, args.beam)
-    pieces = [len(h) for h in hyp_ids]
-    src_lens = [len(s) for s in tokenizer.encode_src(sources)]
     cap = [int(1.5 * n + 10) for n in src_lens]
     return {
         "model": args.model, "beam": args.beam, "checkpoint": str(path), "sentences": len(sources),
@@ -434,13 +419,13 @@ def report(results: dict) -> None:
                   f"({t['layer_gemm_peak_gflops']:.0f} GFLOP/s) and nothing else, at most "
                   f"{t['train_tok_s_bound']:.0f} tok/s = {t['train_tok_s_bound'] / ref['train_tok_s']:.2f}x "
                   f"{'peer now' if peer and name in peer else 'ref'}")
-        for label, d in (("greedy", g), ("beam 5", b)):
+        for label, d, ref_key in (("greedy", g, "greedy_sent_s"), ("beam 5", b, "beam5_sent_s")):
             if "sent_s_bound" in d:
                 print(f"  {name} {label}: {d['gemm_gflop']:.0f} GFLOP of matrix multiplies run at "
                       f"{d['gemm_gflops_achieved']:.0f} GFLOP/s; {d['necessary_gemm_gflop']:.0f} GFLOP necessary "
                       f"(K hypotheses per step to the output's end): at the GEMM peak of their shapes "
                       f"({d['gemm_peak_gflops']:.0f} GFLOP/s) and nothing else, at most {d['sent_s_bound']:.0f} sent/s "
-                      f"= {d['sent_s_bound'] / ref[('greedy' if label == 'greedy' else 'beam5') + '_sent_s']:.1f}x ref")
+                      f"= {d['sent_s_bound'] / ref[ref_key]:.1f}x ref")
         if peer and name in peer:
             print(f"  {name}: training against Joey NMT measured on this machine now ({peer[name]['train_tok_s']:.0f} "
                   f"tok/s, {len(peer[name]['windows'])} windows); against the reference table "
