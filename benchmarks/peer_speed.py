@@ -52,8 +52,12 @@ def run_peer(python: Path, work: Path, model: str, seconds: float) -> dict:
     shutil.rmtree(work / "runs" / model, ignore_errors=True)  # Joey refuses an existing model_dir
     log_path = work / "logs" / f"{model}.sbs.out"
     with open(log_path, "w") as log:
+        # SIGINT back to its default in the child: a shell starts background jobs with SIGINT
+        # ignored, and a Python started that way never raises KeyboardInterrupt (Joey would then
+        # train on to its last epoch).
         proc = subprocess.Popen([str(python), "-m", "joeynmt", "train", str(cfg), "--skip-test"], cwd=work,
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             pid, _, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -62,7 +66,14 @@ def run_peer(python: Path, work: Path, model: str, seconds: float) -> dict:
             time.sleep(1)
         else:
             proc.send_signal(signal.SIGINT)  # Joey catches it, saves and exits
-            _, _, usage = os.wait4(proc.pid, 0)
+            for _ in range(120):
+                pid, _, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                time.sleep(1)
+            else:  # still training two minutes later: stop it for good
+                proc.terminate()
+                _, _, usage = os.wait4(proc.pid, 0)
     windows = [int(m) for m in WINDOW.findall(log_path.read_text())]
     if not windows:
         sys.exit(f"error: {log_path}: no 'Tokens per Sec' lines; Joey NMT failed or {seconds:.0f} s were too few")

@@ -63,7 +63,8 @@ def test_ddp_trainer_config_and_slurm_launcher_compose():
 @pytest.mark.parametrize("name", options("optimizer"))
 @pytest.mark.parametrize("scheduler", options("scheduler"))
 def test_every_optimizer_and_scheduler_instantiates(name, scheduler):
-    cfg = compose_config("train", [f"optimizer={name}", f"scheduler={scheduler}"])
+    # trainer.max_steps: scheduler=linear decays to it (and refuses the default -1, tested elsewhere).
+    cfg = compose_config("train", [f"optimizer={name}", f"scheduler={scheduler}", "trainer.max_steps=1000"])
     params = [torch.nn.Parameter(torch.zeros(2))]
     opt = instantiate(cfg.optimizer)(params=params)
     sched = instantiate(cfg.scheduler)(optimizer=opt)

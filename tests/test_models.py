@@ -119,3 +119,27 @@ def test_state_reordering_follows_the_batch(model):
         logits_r, _, _ = model.decode_step(enc_r, state_r, tgt[index, 3])
         full = model(src[index], mask[index], tgt[index])
     torch.testing.assert_close(logits_r, full[:, 3], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rnn_type,layers", [("gru", 1), ("lstm", 1), ("gru", 2)])
+def test_rnn_encoder_equals_a_packed_bidirectional_rnn(rnn_type, layers):
+    """The encoder runs each direction over the padded batch (the backward one on sentences
+    reversed in place); its states and all gradients must equal the packed nn.GRU/nn.LSTM whose
+    parameters it uses, and be zero at padding."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from attnmt.models.rnn import RNNEncoder
+
+    torch.manual_seed(0)
+    encoder = RNNEncoder(8, 6, layers, rnn_type, 0.0).double()
+    x = torch.randn(5, 7, 8, dtype=torch.double, requires_grad=True)
+    lengths = torch.tensor([7, 3, 5, 1, 7])
+    ours = encoder(x, lengths)
+    packed, _ = encoder.rnn(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    theirs, _ = pad_packed_sequence(packed, batch_first=True, total_length=7)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    assert ours[1, 3:].abs().max() == 0 and ours[3, 1:].abs().max() == 0
+    probe = torch.randn_like(ours)
+    inputs = [x, *encoder.parameters()]
+    for a, b in zip(torch.autograd.grad((ours * probe).sum(), inputs), torch.autograd.grad((theirs * probe).sum(), inputs)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -41,6 +41,36 @@ class ConstantWarmup(LambdaLR):
         return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
 
 
+class LinearDecayWarmup(LambdaLR):
+    """Linear warm-up for ``warmup_steps``, then a straight line from the optimizer's ``lr`` down to
+    ``min_lr`` at ``total_steps`` (and ``min_lr`` after it). For a fixed budget of updates, decaying
+    to (near) zero exactly when the budget ends anneals the last epochs instead of stopping at a high
+    learning rate (Li et al., 2020, "Budgeted training")."""
+
+    def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int = 0,
+                 min_lr: float = 0.0):
+        if total_steps is None or total_steps < 1:
+            raise ConfigError(f"scheduler.total_steps={total_steps} must be >= 1 "
+                              "(the number of updates the run will make, e.g. ${trainer.max_steps})")
+        if not 0 <= warmup_steps < total_steps:
+            raise ConfigError(f"scheduler.warmup_steps={warmup_steps} must be >= 0 and below "
+                              f"scheduler.total_steps={total_steps}")
+        if min_lr < 0:
+            raise ConfigError(f"scheduler.min_lr={min_lr} must be >= 0")
+        self.total_steps, self.warmup_steps, self.min_lr = total_steps, warmup_steps, min_lr
+        peak = max(group.get("initial_lr", group["lr"]) for group in optimizer.param_groups)
+        self.floor = min(1.0, min_lr / peak) if peak > 0 else 0.0
+        super().__init__(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        # ``step`` counts updates from 0: update ``warmup_steps`` runs at the peak, the last one
+        # (``total_steps - 1``) at 1 / (total_steps - warmup_steps) of the way above min_lr.
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        left = max(0.0, (self.total_steps - step) / (self.total_steps - self.warmup_steps))
+        return self.floor + (1.0 - self.floor) * left
+
+
 class PlateauWarmup(LambdaLR):
     """Linear warm-up for ``warmup_steps``, then the optimizer's ``lr``, multiplied by ``factor``
     each time more than ``patience`` validations in a row bring no better BLEU, never below

@@ -1,0 +1,90 @@
+"""The linear-decay schedule, validation checkpoints and checkpoint averaging (attnmt-average)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from attnmt.average import main as average_main
+from attnmt.checkpoint import load_for_decoding
+from attnmt.errors import ConfigError
+from attnmt.optim import LinearDecayWarmup
+from attnmt.training import train
+from conftest import compose_config, tiny_overrides
+
+
+def lrs_of(sched: LinearDecayWarmup, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        out.append(sched.optimizer.param_groups[0]["lr"])
+        sched.optimizer.step()
+        sched.step()
+    return out
+
+
+def linear(**kwargs) -> LinearDecayWarmup:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return LinearDecayWarmup(opt, **kwargs)
+
+
+def test_linear_schedule_warms_up_then_reaches_min_lr_after_the_last_update():
+    assert lrs_of(linear(total_steps=10, warmup_steps=2), 12) == pytest.approx(
+        [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0, 0.0])
+    assert lrs_of(linear(total_steps=4, min_lr=0.2), 6) == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.2])
+
+
+@pytest.mark.parametrize("kwargs,key", [({"total_steps": -1}, "total_steps"), ({"total_steps": 5, "warmup_steps": 5}, "warmup_steps"),
+                                        ({"total_steps": 5, "min_lr": -1.0}, "min_lr")])
+def test_linear_schedule_refuses_bad_values(kwargs, key):
+    with pytest.raises(ConfigError, match=f"scheduler.{key}="):
+        linear(**kwargs)
+
+
+def test_averaging_the_last_validation_checkpoints_gives_their_mean_weights(tiny_data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = compose_config("train", tiny_overrides(tiny_data_dir) + [
+        "scheduler=linear", "scheduler.warmup_steps=2", "trainer.max_steps=12", "trainer.max_epochs=100",
+        "trainer.val_check_interval=3", "trainer.check_val_every_n_epoch=null", "trainer.log_every_n_steps=1",
+        "data.num_valid=20", "callbacks.val_checkpoints.save_top_k=3",
+    ], run)
+    train(cfg)
+
+    # The schedule's end follows trainer.max_steps: the last update (step 11) runs at 1/10 of the peak.
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lr_key = next(k for k in rows[0] if k.startswith("lr-"))
+    lr = {int(r["step"]): float(r[lr_key]) for r in rows if r.get(lr_key)}
+    peak = cfg.optimizer.lr
+    assert lr[1] == pytest.approx(peak) and lr[11] == pytest.approx(peak / 10)
+
+    # Validations after steps 3, 6, 9, 12: the newest 3 are kept.
+    files = {torch.load(f, weights_only=False)["global_step"]: f for f in (run / "checkpoints" / "val").glob("*.ckpt")}
+    assert sorted(files) == [6, 9, 12]
+
+    average_main([f"ckpt={run}", "last=2"])
+    out = run / "checkpoints" / "averaged.ckpt"
+    assert f"averaged 2 checkpoints (steps 9, 12) -> {out}" in capsys.readouterr().out
+    averaged = torch.load(out, weights_only=False)
+    nine, twelve = (torch.load(files[s], weights_only=False)["state_dict"] for s in (9, 12))
+    moved = 0
+    for key, value in averaged["state_dict"].items():
+        torch.testing.assert_close(value, (nine[key] + twelve[key]) / 2)
+        moved += int(not torch.equal(nine[key], twelve[key]))
+    assert moved > 0  # the two checkpoints differ, so the mean is neither of them
+    assert [x["global_step"] for x in averaged["attnmt"]["averaged_from"]] == [9, 12]
+    model, _, _, _ = load_for_decoding(out)  # decodes like any checkpoint
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, averaged["state_dict"][f"model.{key}"])
+
+
+def test_averaging_refuses_a_folder_without_validation_checkpoints(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        average_main([f"ckpt={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: {tmp_path / 'checkpoints' / 'val'}: no validation checkpoints")
+    with pytest.raises(SystemExit):
+        average_main(["ckpt=[a.ckpt,b.ckpt]"])
+    assert capsys.readouterr().err.strip() == "error: a.ckpt: no such checkpoint file"
