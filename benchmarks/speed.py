@@ -128,17 +128,22 @@ def gemm_peak(m, tokens: int = 4096) -> dict:
 
 
 class GemmCounter:
-    """Counts the matrix-multiply FLOPs of a model's ``nn.Linear`` and ``nn.RNNBase`` layers as
-    they run (forward hooks): a lower bound on the work of decoding (attention scores, softmax and
-    search bookkeeping are left out), so ``FLOPs / GEMM peak`` bounds the time from below."""
+    """Counts the matrix-multiply FLOPs of a model's ``nn.Linear`` and ``nn.RNNBase`` layers and
+    RNN encoders as they run (forward hooks): a lower bound on the work of decoding (attention
+    scores, softmax and search bookkeeping are left out), so ``FLOPs / GEMM peak`` bounds the time
+    from below. Recurrent layers count real (non-padding) positions only."""
 
     def __init__(self, model):
         from torch import nn
+
+        from attnmt.models.rnn import RNNEncoder
 
         self.flops, self.shapes = 0.0, set()
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 module.register_forward_hook(self._linear)
+            elif isinstance(module, RNNEncoder):  # runs its nn.GRU's weights without calling it
+                module.register_forward_hook(self._encoder)
             elif isinstance(module, nn.RNNBase):
                 module.register_forward_hook(self._rnn)
 
@@ -148,15 +153,20 @@ class GemmCounter:
         self.shapes.add((module.in_features, module.out_features))
 
     def _rnn(self, module, inputs, output) -> None:
-        x, gates = inputs[0], {"GRU": 3, "LSTM": 4}.get(module.mode, 1)
-        x = getattr(x, "data", x)  # a PackedSequence holds its real steps as (rows, features)
-        rows = x.numel() // x.shape[-1]
-        directions = 2 if module.bidirectional else 1
-        size_in, h = x.shape[-1], module.hidden_size
-        for _ in range(module.num_layers):
+        x = getattr(inputs[0], "data", inputs[0])  # a PackedSequence holds its real steps as (rows, features)
+        self._count(module, x.numel() // x.shape[-1], x.shape[-1])
+
+    def _encoder(self, module, inputs, output) -> None:
+        emb, lengths = inputs
+        self._count(module.rnn, int(lengths.sum()), emb.shape[-1])
+
+    def _count(self, rnn, rows: int, size_in: int) -> None:
+        gates, h = {"GRU": 3, "LSTM": 4}.get(rnn.mode, 1), rnn.hidden_size
+        directions = 2 if rnn.bidirectional else 1
+        self.shapes.add((size_in, gates * h))
+        for _ in range(rnn.num_layers):
             self.flops += directions * 2.0 * rows * (size_in + h) * gates * h
             size_in = directions * h
-        self.shapes.add((x.shape[-1], gates * h))
 
 
 def best_gemm_rate(shapes: set[tuple[int, int]], rows=(1024, 4096)) -> float:

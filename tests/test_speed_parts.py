@@ -72,3 +72,28 @@ def test_allocator_setting_is_applied_on_linux_and_can_be_turned_off(monkeypatch
         assert keep_freed_memory() is True
     monkeypatch.setenv("ATTNMT_MALLOPT", "0")
     assert keep_freed_memory() is False
+
+
+def test_gemm_counter_counts_the_rnn_encoder_on_real_tokens_only():
+    """benchmarks/speed.py's FLOP count (its speed bounds rest on it) sees the encoder's recurrent
+    matrix multiplies although the encoder runs its nn.GRU's weights without calling the module."""
+    import importlib.util
+    from pathlib import Path
+
+    from conftest import build_tiny_model
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+    spec = importlib.util.spec_from_file_location("attnmt_bench_speed", path)
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+
+    model = build_tiny_model("rnn_bahdanau")
+    counter = speed.GemmCounter(model)
+    src = torch.randint(4, 50, (3, 7))
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] * 2 + [False] * 5])
+    model.encode(src, mask)
+    rnn, w_k = model.encoder.rnn, model.attention.W_k
+    e, h = rnn.input_size, rnn.hidden_size
+    recurrent = 2 * 2.0 * (7 + 4 + 2) * (e + h) * 3 * h  # 2 directions, 13 real tokens, 3 gates
+    keys = 2.0 * (3 * 7) * w_k.in_features * w_k.out_features  # the key projection runs on padding too
+    assert counter.flops == recurrent + keys
