@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from attnmt.errors import CheckpointError, ConfigError
+from attnmt.utils.cli import parse_key_values
 
 USAGE = """usage: attnmt-average ckpt=RUN_DIR [last=N] [out=PATH]
        attnmt-average ckpt=[A.ckpt,B.ckpt,...] out=PATH
@@ -106,19 +105,7 @@ def average_checkpoints(files: list[Path]) -> dict:
 
 
 def parse_args(argv: list[str]) -> dict:
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise ConfigError(f"{bad[0]!r}: arguments are key=value (see attnmt-average --help)")
-    cfg = OmegaConf.create(DEFAULTS)
-    OmegaConf.set_struct(cfg, True)
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv))
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{key}: not a key of attnmt-average, or a bad value; keys: {', '.join(DEFAULTS)}") from None
-    if cfg.ckpt is None:
-        raise ConfigError("ckpt is required: attnmt-average ckpt=RUN_DIR (see --help)")
-    return OmegaConf.to_container(cfg)
+    return parse_key_values(argv, DEFAULTS, "attnmt-average", "attnmt-average ckpt=RUN_DIR")
 
 
 def run(args: dict) -> Path:

@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 from attnmt.data.batching import TokenBucketBatchSampler
 from attnmt.data.datamodule import ParallelDataset
 from attnmt.errors import ConfigError
+from attnmt.utils.cli import parse_key_values
 from attnmt.models.base import Seq2Seq
 from attnmt.search import Hypothesis, beam_search, greedy_search
 
@@ -103,19 +102,7 @@ DEFAULTS = {
 
 
 def parse_args(argv: list[str]) -> dict:
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise ConfigError(f"{bad[0]!r}: arguments are key=value (see attnmt-translate --help)")
-    cfg = OmegaConf.create(DEFAULTS)
-    OmegaConf.set_struct(cfg, True)
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv))
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{key}: not a key of attnmt-translate, or a bad value; keys: {', '.join(DEFAULTS)}") from None
-    if cfg.ckpt is None:
-        raise ConfigError("ckpt is required: attnmt-translate ckpt=RUN_OR_CKPT (see --help)")
-    return OmegaConf.to_container(cfg)
+    return parse_key_values(argv, DEFAULTS, "attnmt-translate", "attnmt-translate ckpt=RUN_OR_CKPT")
 
 
 def translate_lines(args: dict, lines: list[str]) -> list[str]:
