@@ -42,6 +42,70 @@ def test_linear_schedule_refuses_bad_values(kwargs, key):
         linear(**kwargs)
 
 
+def lrs_at_times(sched: LinearDecayWarmup, times: list[float]) -> list[float]:
+    """The rate of each update when the clock reads ``times[i]`` as its schedule steps."""
+    out = []
+    for now in times:
+        out.append(sched.optimizer.param_groups[0]["lr"])
+        sched.optimizer.step()
+        sched.tick(now)
+        sched.step()
+    return out
+
+
+def test_linear_schedule_with_a_time_budget_reaches_min_lr_when_the_time_ends(monkeypatch):
+    monkeypatch.setattr("attnmt.optim.time.monotonic", lambda: 0.0)  # time moves only by tick()
+    # Warm-up (2 updates) ends at second 20; the line then runs from the peak at 20 s to 0 at 100 s.
+    sched = linear(total_time=100, warmup_steps=2)
+    assert lrs_at_times(sched, [10, 20, 60, 80, 100, 150, 160]) == pytest.approx(
+        [0.5, 1.0, 1.0, 0.5, 0.25, 0.0, 0.0])
+    # Both budgets: whichever ends first sets the rate (here the 4 updates).
+    sched = linear(total_time="00:00:01:40", total_steps=4)
+    assert lrs_at_times(sched, [0, 10, 20, 30, 40]) == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    # Without any update budget, trainer.max_steps=-1 is fine when there is a time budget.
+    assert lrs_at_times(linear(total_steps=-1, total_time=10, min_lr=0.5), [5, 10, 20]) == pytest.approx([1.0, 0.75, 0.5])
+
+
+def test_linear_schedule_time_budget_resumes_with_the_elapsed_time(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("attnmt.optim.time.monotonic", lambda: clock[0])
+    sched = linear(total_time=100)
+    clock[0] += 30
+    sched.optimizer.step()
+    sched.step()
+    assert sched.optimizer.param_groups[0]["lr"] == pytest.approx(0.7)  # (100 - 30) / 100
+    state = sched.state_dict()
+    clock[0] = 5.0  # another process: its own monotonic clock
+    resumed = linear(total_time=100)
+    resumed.load_state_dict(state)
+    assert resumed.elapsed() == pytest.approx(30)
+    clock[0] += 20
+    resumed.optimizer.step()
+    resumed.step()
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("value", ["1h", "01:00:00", 0, -5])
+def test_linear_schedule_refuses_a_bad_time_budget(value):
+    with pytest.raises(ConfigError, match="scheduler.total_time=.*'DD:HH:MM:SS'"):
+        linear(total_time=value)
+
+
+def test_training_with_a_time_budget_ticks_the_schedule_each_step(tiny_data_dir, tmp_path):
+    # A budget far shorter than one update: after warm-up the rate is min_lr (0) from the next update.
+    run = tmp_path / "run"
+    cfg = compose_config("train", tiny_overrides(tiny_data_dir) + [
+        "scheduler=linear", "scheduler.warmup_steps=1", "scheduler.total_time=0.001", "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1",
+    ], run)
+    train(cfg)
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lr_key = next(k for k in rows[0] if k.startswith("lr-"))
+    lr = {int(r["step"]): float(r[lr_key]) for r in rows if r.get(lr_key)}
+    assert lr[0] == pytest.approx(cfg.optimizer.lr) and lr[2] == 0.0 and lr[3] == 0.0
+
+
 def test_averaging_the_last_validation_checkpoints_gives_their_mean_weights(tiny_data_dir, tmp_path, capsys):
     run = tmp_path / "run"
     cfg = compose_config("train", tiny_overrides(tiny_data_dir) + [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -43,32 +44,93 @@ class ConstantWarmup(LambdaLR):
 
 class LinearDecayWarmup(LambdaLR):
     """Linear warm-up for ``warmup_steps``, then a straight line from the optimizer's ``lr`` down to
-    ``min_lr`` at ``total_steps`` (and ``min_lr`` after it). For a fixed budget of updates, decaying
-    to (near) zero exactly when the budget ends anneals the last epochs instead of stopping at a high
-    learning rate (Li et al., 2020, "Budgeted training")."""
+    ``min_lr`` at the end of the run's budget (and ``min_lr`` after it). For a fixed budget,
+    decaying to (near) zero exactly when it ends anneals the last epochs instead of stopping at a
+    high learning rate (Li et al., 2020, "Budgeted training").
 
-    def __init__(self, optimizer: Optimizer, total_steps: int, warmup_steps: int = 0,
-                 min_lr: float = 0.0):
-        if total_steps is None or total_steps < 1:
-            raise ConfigError(f"scheduler.total_steps={total_steps} must be >= 1 "
-                              "(the number of updates the run will make, e.g. ${trainer.max_steps})")
-        if not 0 <= warmup_steps < total_steps:
+    The budget is ``total_steps`` updates, or ``total_time`` of wall-clock time (seconds, or
+    Lightning's ``"DD:HH:MM:SS"`` as in ``trainer.max_time``), or both (whichever ends first). A
+    time budget makes the line end with ``trainer.max_time`` on any machine, whatever its speed;
+    the learning rate then depends on the clock, so a resumed run (the elapsed time is part of
+    ``state_dict``) is not bit-for-bit the uninterrupted one. The training task calls :meth:`tick`
+    before each step of the schedule with the time of rank 0, so that every process of a
+    distributed run uses the same rate.
+    """
+
+    def __init__(self, optimizer: Optimizer, total_steps: int | None = None, warmup_steps: int = 0,
+                 min_lr: float = 0.0, total_time: float | str | None = None):
+        self.total_time = parse_duration(total_time, "scheduler.total_time")
+        self.total_steps = total_steps if total_steps is not None and total_steps >= 0 else None
+        if self.total_time is None and (self.total_steps is None or self.total_steps < 1):
+            raise ConfigError(f"scheduler.total_steps={total_steps} must be >= 1 (the number of "
+                              "updates the run will make, e.g. ${trainer.max_steps}), or set "
+                              "scheduler.total_time (e.g. ${trainer.max_time})")
+        if warmup_steps < 0 or (self.total_steps is not None and warmup_steps >= self.total_steps):
             raise ConfigError(f"scheduler.warmup_steps={warmup_steps} must be >= 0 and below "
                               f"scheduler.total_steps={total_steps}")
         if min_lr < 0:
             raise ConfigError(f"scheduler.min_lr={min_lr} must be >= 0")
-        self.total_steps, self.warmup_steps, self.min_lr = total_steps, warmup_steps, min_lr
+        self.warmup_steps, self.min_lr = warmup_steps, min_lr
         peak = max(group.get("initial_lr", group["lr"]) for group in optimizer.param_groups)
         self.floor = min(1.0, min_lr / peak) if peak > 0 else 0.0
+        # The clock: seconds before this process (from a resumed state) plus this process's own.
+        self.elapsed_before, self.now, self.warmup_end_time = 0.0, None, None
+        self._started = time.monotonic()
         super().__init__(optimizer, self.factor)
+
+    def elapsed(self) -> float:
+        """Seconds of this schedule so far, across resumes."""
+        return self.elapsed_before + time.monotonic() - self._started
+
+    def tick(self, now: float | None = None) -> None:
+        """Fix the time the next step of the schedule uses (default: :meth:`elapsed`)."""
+        self.now = self.elapsed() if now is None else now
 
     def factor(self, step: int) -> float:
         # ``step`` counts updates from 0: update ``warmup_steps`` runs at the peak, the last one
         # (``total_steps - 1``) at 1 / (total_steps - warmup_steps) of the way above min_lr.
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        left = max(0.0, (self.total_steps - step) / (self.total_steps - self.warmup_steps))
+        left = 1.0
+        if self.total_steps is not None:
+            left = max(0.0, (self.total_steps - step) / (self.total_steps - self.warmup_steps))
+        if self.total_time is not None:
+            now = self.elapsed() if self.now is None else self.now
+            if self.warmup_end_time is None:  # the line starts where warm-up ended, at the peak
+                self.warmup_end_time = min(now, self.total_time)
+            span = self.total_time - self.warmup_end_time
+            left = min(left, max(0.0, (self.total_time - now) / span) if span > 0 else 0.0)
         return self.floor + (1.0 - self.floor) * left
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["elapsed_before"], state["now"] = self.elapsed(), None
+        state.pop("_started", None)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._started = time.monotonic()
+
+
+def parse_duration(value: float | str | None, key: str) -> float | None:
+    """Seconds from a number of seconds or Lightning's ``"DD:HH:MM:SS"``; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            parts = [float(p) for p in value.split(":")]
+            if len(parts) != 4:
+                raise ValueError
+            seconds = ((parts[0] * 24 + parts[1]) * 60 + parts[2]) * 60 + parts[3]
+        else:
+            seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0:
+        raise ConfigError(f"{key}={value!r} must be a positive number of seconds or 'DD:HH:MM:SS' "
+                          "(e.g. '00:01:00:00' for one hour)")
+    return seconds
 
 
 class PlateauWarmup(LambdaLR):

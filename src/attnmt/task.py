@@ -75,6 +75,12 @@ class TranslationTask(pl.LightningModule):
             return self._non_finite(f"loss is {loss.item()}", batch)
         return loss
 
+    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        scheduler = self.lr_schedulers()
+        if getattr(scheduler, "total_time", None) is not None:  # a schedule that follows the clock
+            # Rank 0's clock for every process, so that all of them apply the same learning rate.
+            scheduler.tick(self.trainer.strategy.broadcast(scheduler.elapsed(), src=0))
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # A finite loss can still overflow in the backward pass; an update with such a gradient
         # would spoil the weights (and every checkpoint after it). With fp16 the gradient scaler
