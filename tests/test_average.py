@@ -42,6 +42,14 @@ def test_linear_schedule_refuses_bad_values(kwargs, key):
         linear(**kwargs)
 
 
+def logged_lrs(run) -> dict[int, float]:
+    """The learning rate logged at each step of a training run (csv/metrics.csv)."""
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lr_key = next(k for k in rows[0] if k.startswith("lr-"))
+    return {int(r["step"]): float(r[lr_key]) for r in rows if r.get(lr_key)}
+
+
 def lrs_at_times(sched: LinearDecayWarmup, times: list[float]) -> list[float]:
     """The rate of each update when the clock reads ``times[i]`` as its schedule steps."""
     out = []
@@ -91,19 +99,20 @@ def test_linear_schedule_refuses_a_bad_time_budget(value):
         linear(total_time=value)
 
 
-def test_training_with_a_time_budget_ticks_the_schedule_each_step(tiny_data_dir, tmp_path):
+def test_training_with_a_time_budget_ticks_the_schedule_each_step(tiny_data_dir, tmp_path, monkeypatch):
     # A budget far shorter than one update: after warm-up the rate is min_lr (0) from the next update.
+    ticks = []
+    tick = LinearDecayWarmup.tick
+    monkeypatch.setattr(LinearDecayWarmup, "tick", lambda self, now=None: (ticks.append(now), tick(self, now))[1])
     run = tmp_path / "run"
     cfg = compose_config("train", tiny_overrides(tiny_data_dir) + [
         "scheduler=linear", "scheduler.warmup_steps=1", "scheduler.total_time=0.001", "trainer.max_steps=4",
         "trainer.log_every_n_steps=1",
     ], run)
     train(cfg)
-    with open(run / "csv" / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    lr_key = next(k for k in rows[0] if k.startswith("lr-"))
-    lr = {int(r["step"]): float(r[lr_key]) for r in rows if r.get(lr_key)}
+    lr = logged_lrs(run)
     assert lr[0] == pytest.approx(cfg.optimizer.lr) and lr[2] == 0.0 and lr[3] == 0.0
+    assert len(ticks) == 4 and all(isinstance(t, float) for t in ticks)  # the task's, once per update
 
 
 def test_averaging_the_last_validation_checkpoints_gives_their_mean_weights(tiny_data_dir, tmp_path, capsys):
@@ -116,10 +125,7 @@ def test_averaging_the_last_validation_checkpoints_gives_their_mean_weights(tiny
     train(cfg)
 
     # The schedule's end follows trainer.max_steps: the last update (step 11) runs at 1/10 of the peak.
-    with open(run / "csv" / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    lr_key = next(k for k in rows[0] if k.startswith("lr-"))
-    lr = {int(r["step"]): float(r[lr_key]) for r in rows if r.get(lr_key)}
+    lr = logged_lrs(run)
     peak = cfg.optimizer.lr
     assert lr[1] == pytest.approx(peak) and lr[11] == pytest.approx(peak / 10)
 
