@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from attnmt.loss import smoothed_cross_entropy
+from attnmt.models.attention import additive_scores
 from attnmt.models.dropout import Dropout, dropout
 from attnmt.utils.allocator import keep_freed_memory
 
@@ -34,6 +35,22 @@ def test_fused_loss_survives_extreme_logits():
     got = smoothed_cross_entropy(logits, target, 0.1, ignore_index=-1)
     ref = F.cross_entropy(logits, target, label_smoothing=0.1, reduction="sum")
     assert torch.isfinite(got) and got.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("queries", [1, 5])  # one decoder step; all steps at once (Luong without feeding)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_additive_scores_equal_the_plain_formula_and_its_gradient(queries, dtype):
+    torch.manual_seed(0)
+    q = (torch.randn(3, queries, 8, dtype=dtype) * 3).requires_grad_()
+    k = (torch.randn(3, 7, 8, dtype=dtype) * 3).requires_grad_()
+    v = torch.randn(8, dtype=dtype, requires_grad=True)
+    grad = torch.randn(3, queries, 7, dtype=dtype)
+    ref = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1)) @ v  # (B, T, S)
+    got = additive_scores(q, k, v)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert got.shape == (3, queries, 7) and torch.allclose(got, ref, atol=tol, rtol=0)
+    for g, r in zip(torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        assert torch.allclose(g, r, atol=tol * 10, rtol=0)
 
 
 def test_dropout_keeps_the_right_share_and_scales_to_the_same_mean():
