@@ -37,8 +37,9 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
             if eps:
                 grad.sub_(eps / V)
             grad.scatter_add_(-1, safe, torch.full_like(lse, -(1.0 - eps)))
-            if not bool(valid.all()):
-                grad[~valid] = 0.0
+            padding = (~valid).nonzero().squeeze(1)  # (P,)
+            if padding.numel():
+                grad.index_fill_(0, padding, 0.0)  # only the padding rows (grad[~valid] = 0 sweeps all N x V)
             ctx.save_for_backward(grad)
             ctx.dtype = logits.dtype
         return loss
