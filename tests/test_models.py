@@ -143,3 +143,28 @@ def test_rnn_encoder_equals_a_packed_bidirectional_rnn(rnn_type, layers):
     inputs = [x, *encoder.parameters()]
     for a, b in zip(torch.autograd.grad((ours * probe).sum(), inputs), torch.autograd.grad((theirs * probe).sum(), inputs)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("rnn_type,layers", [("gru", 1), ("lstm", 1), ("gru", 2), ("lstm", 2)])
+def test_rnn_decoder_step_equals_nn_rnn(rnn_type, layers):
+    """The decoder's hand-written step (layer 0's embedding projection computed for all steps at
+    once) gives nn.GRU/nn.LSTM's output, state and gradients with the same parameters."""
+    from attnmt.models.attention import Attention
+    from attnmt.models.rnn import BahdanauRNN
+
+    torch.manual_seed(0)
+    model = BahdanauRNN(20, 20, Attention, emb_size=5, hidden_size=6, rnn_type=rnn_type,
+                        decoder_layers=layers, dropout=0.0).double()
+    emb, context = torch.randn(4, 5, dtype=torch.double), torch.randn(4, 6, dtype=torch.double)
+    h = torch.randn(4, layers, 6, dtype=torch.double)
+    state = {"h": h, **({"c": torch.randn_like(h)} if rnn_type == "lstm" else {})}
+    w = model.step_weights()
+    ours, ours_state = model.rnn_step(model.embed_inputs(emb, w), context, state, w)
+    theirs, theirs_state = model.run_rnn(torch.cat([emb, context], -1).unsqueeze(1), state)
+    torch.testing.assert_close(ours, theirs.squeeze(1), rtol=0, atol=1e-12)
+    for key in state:
+        torch.testing.assert_close(ours_state[key], theirs_state[key], rtol=0, atol=1e-12)
+    params = list(model.rnn.parameters())
+    probe = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad((ours * probe).sum(), params), torch.autograd.grad((theirs.squeeze(1) * probe).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

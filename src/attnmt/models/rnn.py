@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnmt.errors import ConfigError
@@ -137,6 +138,50 @@ class RNNSeq2Seq(Seq2Seq):
             state["c"] = torch.zeros_like(h)
         return state
 
+    # -- the decoder RNN one step at a time: nn.GRU / nn.LSTM's arithmetic on its own parameters --
+    def step_weights(self) -> dict[str, Tensor]:
+        """Layer 0's input weight split into the target embedding's columns and the rest (the
+        context or the fed-back state). Split once per decoding call: a slice's gradient is a
+        zero-filled copy of the whole weight, one per slicing."""
+        emb_size = self.tgt_embed.embedding_dim
+        weight = self.rnn.weight_ih_l0  # (G*H, E + I)
+        return {"emb": weight[:, :emb_size], "rest": weight[:, emb_size:]}
+
+    def embed_inputs(self, emb: Tensor, weights: dict[str, Tensor]) -> Tensor:
+        """The embeddings' share of layer 0's input projection, with its bias, for all steps in
+        one matrix product: ``emb`` ``(..., E)`` -> ``(..., G*H)`` (G gates)."""
+        return F.linear(emb, weights["emb"], self.rnn.bias_ih_l0)
+
+    def rnn_step(self, x_emb: Tensor, rest: Tensor | None, state: State, weights: dict[str, Tensor]) -> tuple[Tensor, State]:
+        """One step: ``x_emb`` ``(B, G*H)`` from :meth:`embed_inputs`, ``rest`` ``(B, I)`` the rest of
+        layer 0's input (or None) -> the top layer's output ``(B, H)`` and the new state."""
+        H = self.hidden_size
+        hs, cs = [], []
+        x = rest
+        for layer in range(self.decoder_layers):
+            if layer == 0:
+                gi = x_emb if rest is None else torch.addmm(x_emb, rest, weights["rest"].t())  # (B, G*H)
+            else:
+                x = dropout(x, self.rnn.dropout, self.training)  # nn.GRU's dropout between layers
+                gi = F.linear(x, getattr(self.rnn, f"weight_ih_l{layer}"), getattr(self.rnn, f"bias_ih_l{layer}"))
+            h = state["h"][:, layer]  # (B, H)
+            gh = F.linear(h, getattr(self.rnn, f"weight_hh_l{layer}"), getattr(self.rnn, f"bias_hh_l{layer}"))
+            if self.is_lstm:  # c' = f c + i g, h' = o tanh(c')
+                i, f, g, o = (gi + gh).chunk(4, dim=-1)
+                c = torch.sigmoid(f) * state["c"][:, layer] + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                cs.append(c)
+            else:  # gates r, z, n: h' = (1 - z) n + z h, n = tanh(W_in x + b_in + r (W_hn h + b_hn))
+                rz = torch.sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H])  # (B, 2H)
+                n = torch.tanh(gi[:, 2 * H :] + rz[:, :H] * gh[:, 2 * H :])
+                h = n + rz[:, H:] * (h - n)
+            hs.append(h)
+            x = h
+        new = {"h": torch.stack(hs, 1)}  # (B, L, H)
+        if self.is_lstm:
+            new["c"] = torch.stack(cs, 1)
+        return x, new
+
     def run_rnn(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """``x`` ``(B, T, I)`` -> top-layer outputs ``(B, T, H)`` and the new (batch-first) state."""
         h = state["h"].transpose(0, 1).contiguous()  # (L, B, H)
@@ -147,9 +192,10 @@ class RNNSeq2Seq(Seq2Seq):
         return out, {"h": h.transpose(0, 1)}
 
     # -- decoding: the recurrence runs step by step; what does not recur runs once over all steps --
-    def recur(self, enc: State, state: State, emb: Tensor) -> tuple[dict[str, Tensor], Tensor, State]:
-        """One recurrent step from the embedded previous token ``emb`` ``(B, 1, E)``: the
-        per-step tensors the readout needs, the attention weights ``(B, 1, S)`` and the new state."""
+    def recur(self, enc: State, state: State, x_emb: Tensor, weights: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor, State]:
+        """One recurrent step from the previous token's share of the RNN input projection
+        ``x_emb`` ``(B, G*H)`` (:meth:`embed_inputs`): the per-step tensors the readout needs
+        ``(B, 1, .)``, the attention weights ``(B, 1, S)`` and the new state."""
         raise NotImplementedError
 
     def readout(self, emb: Tensor, **step: Tensor) -> Tensor:
@@ -157,19 +203,24 @@ class RNNSeq2Seq(Seq2Seq):
         raise NotImplementedError
 
     def decode_step(self, enc: State, state: State, prev: Tensor, need_attention: bool = False):
-        emb = self.dropout(self.tgt_embed(prev)).unsqueeze(1)  # (B, 1, E)
-        step, weights, state = self.recur(enc, state, emb)
-        logits = self.readout(emb, **step).squeeze(1)  # (B, V)
+        emb = self.dropout(self.tgt_embed(prev))  # (B, E)
+        w = self.step_weights()
+        step, weights, state = self.recur(enc, state, self.embed_inputs(emb, w), w)
+        logits = self.readout(emb.unsqueeze(1), **step).squeeze(1)  # (B, V)
         attn = {"cross": weights[:, None, None, 0]} if need_attention else {}  # (B, 1, 1, S)
         return logits, state, attn
 
     def decode(self, enc: State, tgt_in: Tensor, need_attention: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         emb = self.dropout(self.tgt_embed(tgt_in))  # (B, T, E)
         state = self.init_state(enc)
+        rnn_weights = self.step_weights()
+        # unbind: one gradient tensor for all steps (a slice per step would give each its own
+        # zero-filled (B, T, G*H) gradient)
+        x_emb = self.embed_inputs(emb, rnn_weights).unbind(1)  # T x (B, G*H)
         steps: dict[str, list[Tensor]] = {}
         weights = []
         for t in range(tgt_in.size(1)):
-            step, w, state = self.recur(enc, state, emb[:, t : t + 1])
+            step, w, state = self.recur(enc, state, x_emb[t], rnn_weights)
             for k, v in step.items():
                 steps.setdefault(k, []).append(v)
             weights.append(w)
@@ -193,11 +244,11 @@ class BahdanauRNN(RNNSeq2Seq):
     def decoder_input_size(self, emb_size: int, memory_size: int) -> int:
         return emb_size + memory_size
 
-    def recur(self, enc: State, state: State, emb: Tensor):
+    def recur(self, enc: State, state: State, x_emb: Tensor, weights: dict[str, Tensor]):
         query = state["h"][:, -1:]  # (B, 1, H): s_{t-1}, top layer
-        context, weights = self.attention(query, enc["keys"], enc["memory"], enc["src_mask"])  # (B, 1, M), (B, 1, S)
-        out, state = self.run_rnn(torch.cat([emb, context], dim=-1), state)  # (B, 1, H): s_t
-        return {"out": out, "context": context}, weights, state
+        context, attn = self.attention(query, enc["keys"], enc["memory"], enc["src_mask"])  # (B, 1, M), (B, 1, S)
+        out, state = self.rnn_step(x_emb, context.squeeze(1), state, weights)  # (B, H): s_t from [E y_{t-1}; c_t]
+        return {"out": out.unsqueeze(1), "context": context}, attn, state
 
     def readout(self, emb: Tensor, out: Tensor, context: Tensor) -> Tensor:
         hidden = torch.tanh(self.pre_output(torch.cat([out, context, emb], dim=-1)))  # (B, T, H)
@@ -237,10 +288,9 @@ class LuongRNN(RNNSeq2Seq):
         context, weights = self.attention(out, enc["keys"], enc["memory"], enc["src_mask"])
         return torch.tanh(self.W_c(torch.cat([context, out], dim=-1))), weights
 
-    def recur(self, enc: State, state: State, emb: Tensor):
-        x = torch.cat([emb, state["feed"].unsqueeze(1)], dim=-1) if self.input_feeding else emb
-        out, new_state = self.run_rnn(x, state)  # (B, 1, H): h_t
-        h_tilde, weights = self.attend(enc, out)  # (B, 1, H), (B, 1, S)
+    def recur(self, enc: State, state: State, x_emb: Tensor, weights: dict[str, Tensor]):
+        out, new_state = self.rnn_step(x_emb, state["feed"] if self.input_feeding else None, state, weights)  # h_t
+        h_tilde, weights = self.attend(enc, out.unsqueeze(1))  # (B, 1, H), (B, 1, S)
         if self.input_feeding:
             new_state["feed"] = h_tilde.squeeze(1)
         return {"h_tilde": h_tilde}, weights, new_state
