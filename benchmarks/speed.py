@@ -136,9 +136,17 @@ class GemmCounter:
     def __init__(self, model):
         from torch import nn
 
-        from attnmt.models.rnn import RNNEncoder
+        from attnmt.models.rnn import RNNEncoder, RNNSeq2Seq
 
         self.flops, self.shapes = 0.0, set()
+        if isinstance(model, RNNSeq2Seq):  # its decoder steps its nn.GRU/nn.LSTM's weights by hand
+            step = model.rnn_step
+
+            def counted_step(x_emb, rest, state, weights):
+                self._count(model.rnn, x_emb.shape[0], model.rnn.input_size)
+                return step(x_emb, rest, state, weights)
+
+            model.rnn_step = counted_step
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 module.register_forward_hook(self._linear)

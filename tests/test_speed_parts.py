@@ -91,19 +91,23 @@ def test_allocator_setting_is_applied_on_linux_and_can_be_turned_off(monkeypatch
     assert keep_freed_memory() is False
 
 
-def test_gemm_counter_counts_the_rnn_encoder_on_real_tokens_only():
-    """benchmarks/speed.py's FLOP count (its speed bounds rest on it) sees the encoder's recurrent
-    matrix multiplies although the encoder runs its nn.GRU's weights without calling the module."""
+def speed_benchmark():
     import importlib.util
     from pathlib import Path
-
-    from conftest import build_tiny_model
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
     spec = importlib.util.spec_from_file_location("attnmt_bench_speed", path)
     speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(speed)
+    return speed
 
+
+def test_gemm_counter_counts_the_rnn_encoder_on_real_tokens_only():
+    """benchmarks/speed.py's FLOP count (its speed bounds rest on it) sees the encoder's recurrent
+    matrix multiplies although the encoder runs its nn.GRU's weights without calling the module."""
+    from conftest import build_tiny_model
+
+    speed = speed_benchmark()
     model = build_tiny_model("rnn_bahdanau")
     counter = speed.GemmCounter(model)
     src = torch.randint(4, 50, (3, 7))
@@ -114,3 +118,50 @@ def test_gemm_counter_counts_the_rnn_encoder_on_real_tokens_only():
     recurrent = 2 * 2.0 * (7 + 4 + 2) * (e + h) * 3 * h  # 2 directions, 13 real tokens, 3 gates
     keys = 2.0 * (3 * 7) * w_k.in_features * w_k.out_features  # the key projection runs on padding too
     assert counter.flops == recurrent + keys
+
+
+def test_gemm_counter_counts_the_hand_written_rnn_decoder_step():
+    """The decoder steps its nn.GRU's weights by hand (rnn_step): the count still holds the
+    recurrent layer's matrix multiplies, once per hypothesis and step, beside the linear layers'."""
+    from conftest import build_tiny_model
+
+    speed = speed_benchmark()
+    model = build_tiny_model("rnn_bahdanau")
+    counter = speed.GemmCounter(model)
+    enc = model.encode(torch.randint(4, 50, (3, 7)), torch.ones(3, 7, dtype=torch.bool))
+    state = model.init_state(enc)
+    counter.flops = 0.0
+    model.decode_step(enc, state, torch.full((3,), 5))
+    rnn = model.rnn
+    recurrent = 2.0 * 3 * (rnn.input_size + rnn.hidden_size) * 3 * rnn.hidden_size  # 3 rows, 3 gates
+    linear = sum(2.0 * 3 * m.in_features * m.out_features for m in (model.attention.W_q, model.pre_output, model.generator))
+    assert counter.flops == recurrent + linear
+
+
+def test_step_ab_loads_a_git_revision_as_a_separate_package(tmp_path, monkeypatch):
+    """benchmarks/step_ab.py compares the working tree with a revision unpacked as attnmt_base:
+    that copy must import only itself, never the working tree's attnmt."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode:
+        pytest.skip("not a git checkout: step_ab.py needs git archive")
+    spec = importlib.util.spec_from_file_location("attnmt_bench_step_ab", root / "benchmarks" / "step_ab.py")
+    step_ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_ab)
+    step_ab.unpack_base("HEAD", tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.startswith("attnmt_base")]:
+        monkeypatch.delitem(sys.modules, name)
+    import attnmt_base.models.rnn as base_rnn
+
+    assert Path(base_rnn.__file__).is_relative_to(tmp_path)
+    assert base_rnn.Attention.__module__ == "attnmt_base.models.attention"  # not the working tree's
+    loaded = {name: mod for name, mod in sys.modules.items() if name.startswith("attnmt_base")}
+    assert "attnmt_base.models.attention" in loaded
+    assert all(Path(mod.__file__).is_relative_to(tmp_path) for mod in loaded.values() if getattr(mod, "__file__", None))
+    assert step_ab.retarget({"_target_": "attnmt.models.rnn.BahdanauRNN", "x": ["attnmt.a"]}, "attnmt_base") == {
+        "_target_": "attnmt_base.models.rnn.BahdanauRNN", "x": ["attnmt_base.a"]}
