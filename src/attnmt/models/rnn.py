@@ -290,10 +290,10 @@ class LuongRNN(RNNSeq2Seq):
 
     def recur(self, enc: State, state: State, x_emb: Tensor, weights: dict[str, Tensor]):
         out, new_state = self.rnn_step(x_emb, state["feed"] if self.input_feeding else None, state, weights)  # h_t
-        h_tilde, weights = self.attend(enc, out.unsqueeze(1))  # (B, 1, H), (B, 1, S)
+        h_tilde, attn = self.attend(enc, out.unsqueeze(1))  # (B, 1, H), (B, 1, S)
         if self.input_feeding:
             new_state["feed"] = h_tilde.squeeze(1)
-        return {"h_tilde": h_tilde}, weights, new_state
+        return {"h_tilde": h_tilde}, attn, new_state
 
     def readout(self, emb: Tensor, h_tilde: Tensor) -> Tensor:
         return self.generator(self.dropout(h_tilde))  # (B, T, V)
