@@ -71,6 +71,22 @@ def test_adam_from_the_config_is_fused_unless_precision_or_user_says_otherwise(o
     assert torch.allclose(param.detach(), torch.full((3,), 1.0 - opt.defaults["lr"]))
 
 
+@pytest.mark.parametrize("precision,fused", [("32-true", True), ("bf16-mixed", True)])
+def test_the_task_picks_the_fused_adam_from_its_trainers_precision(precision, fused):
+    """TranslationTask.configure_optimizers passes the attached Trainer's precision and device on."""
+    import pytorch_lightning as pl
+
+    from attnmt.task import TranslationTask
+    from conftest import build_tiny_model
+
+    cfg = compose_config("train", [])
+    task = TranslationTask(build_tiny_model("rnn_bahdanau"), build(cfg.optimizer, "optimizer"))
+    task.trainer = pl.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False)
+    assert task.configure_optimizers().defaults["fused"] is fused
+    task.trainer = None  # without a Trainer: the config's value, left to torch
+    assert task.configure_optimizers().defaults["fused"] is None
+
+
 def test_training_with_scheduler_plateau_follows_validation_bleu(tiny_data_dir, tmp_path):
     """A learning rate too small to learn anything keeps validation BLEU flat; with patience 0 every
     validation after the first halves the rate, as the logged learning rate shows."""

@@ -23,7 +23,7 @@ def prefer_fused(factory: Callable[..., Optimizer], precision: str, device_type:
     step that unscales them itself). Other factories come back unchanged."""
     if not isinstance(factory, functools.partial) or "fused" not in factory.keywords or factory.keywords["fused"] is not None:
         return factory
-    fused = device_type in FUSED_DEVICES and precision not in ("16-mixed", "16")
+    fused = device_type in FUSED_DEVICES and precision != "16-mixed"
     return functools.partial(factory, fused=fused)
 
 
