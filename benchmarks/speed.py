@@ -5,6 +5,8 @@
     python benchmarks/speed.py --ckpt-transformer outputs/recipes/x   # decode a trained model
     python benchmarks/speed.py --peer benchmarks/results/peer.json    # training ratios against the
                                                     # peer measured now (benchmarks/peer_speed.py)
+    python benchmarks/speed.py --precision 32 bf16-mixed --no-decode  # training in both precisions,
+                                                    # alternated, with the fp32 and bf16 GEMM peaks
 
 Data: Multi30k de-en from ../shared/data/multi30k with the peer's own sentencepiece model
 (../shared/bench/joeynmt/spm/spm8k.model), so both frameworks see the same segmentation; when
@@ -105,11 +107,11 @@ def transformer_step_flops(m, batch) -> float:
     return 3 * 2 * (enc + dec + out)  # 2 FLOPs per multiply-add; backward = 2 x forward
 
 
-def gemm_rate(n: int, k: int, j: int, repeats: int = 20) -> float:
-    """Best fp32 rate (GFLOP/s) of an ``(n x k) @ (k x j)`` product over ``repeats`` runs."""
+def gemm_rate(n: int, k: int, j: int, repeats: int = 20, dtype: str = "float32") -> float:
+    """Best rate (GFLOP/s) of an ``(n x k) @ (k x j)`` product in ``dtype`` over ``repeats`` runs."""
     import torch
 
-    a, b = torch.randn(n, k), torch.randn(k, j)
+    a, b = torch.randn(n, k, dtype=getattr(torch, dtype)), torch.randn(k, j, dtype=getattr(torch, dtype))
     for _ in range(3):
         a @ b
     best = float("inf")
@@ -120,11 +122,11 @@ def gemm_rate(n: int, k: int, j: int, repeats: int = 20) -> float:
     return 2 * n * k * j / best / 1e9
 
 
-def gemm_peak(m, tokens: int = 4096) -> dict:
-    """Best fp32 GEMM rate at the Transformer's shapes (GFLOP/s)."""
+def gemm_peak(m, tokens: int = 4096, dtype: str = "float32") -> dict:
+    """Best GEMM rate in ``dtype`` at the Transformer's shapes (GFLOP/s)."""
     d, ff, V = m["d_model"], m["d_ff"], m["vocab"]
     shapes = {"d x d": (d, d), "d x ff": (d, ff), "ff x d": (ff, d), "d x vocab": (d, V)}
-    return {name: gemm_rate(tokens, k, j) for name, (k, j) in shapes.items()}
+    return {name: gemm_rate(tokens, k, j, dtype=dtype) for name, (k, j) in shapes.items()}
 
 
 class GemmCounter:
@@ -177,9 +179,9 @@ class GemmCounter:
             size_in = directions * h
 
 
-def best_gemm_rate(shapes: set[tuple[int, int]], rows=(1024, 4096)) -> float:
-    """The best fp32 GEMM rate (GFLOP/s) over ``rows x in @ in x out`` for the given layer shapes."""
-    return max(gemm_rate(n, k, j, repeats=10) for n in rows for k, j in shapes)
+def best_gemm_rate(shapes: set[tuple[int, int]], rows=(1024, 4096), dtype: str = "float32") -> float:
+    """The best GEMM rate (GFLOP/s) in ``dtype`` over ``rows x in @ in x out`` for the given layer shapes."""
+    return max(gemm_rate(n, k, j, repeats=10, dtype=dtype) for n in rows for k, j in shapes)
 
 
 # -- workers ---------------------------------------------------------------------------------------
@@ -233,12 +235,15 @@ def train_worker(args) -> dict:
         accelerator="cpu", devices=1, max_steps=args.warmup + args.steps + 1, limit_val_batches=0,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         gradient_clip_val=cfg.trainer.gradient_clip_val, callbacks=[Timer()], use_distributed_sampler=False,
+        precision=args.precision,
     )
     trainer.fit(task, datamodule=dm)
     timed = steps[args.warmup:]
     rates = [s["tgt_tokens"] / s["seconds"] for s in timed]
     result = {
         "model": args.model,
+        "precision": args.precision,
+        "optimizer": f"{type(trainer.optimizers[0]).__name__} (fused={trainer.optimizers[0].defaults.get('fused')})",
         "params": model.num_parameters(),
         "threads": torch.get_num_threads(),
         "timed_steps": len(timed),
@@ -250,8 +255,13 @@ def train_worker(args) -> dict:
         "padding_src": 1 - sum(s["src_tokens"] for s in timed) / sum(s["src_slots"] for s in timed),
         "peak_rss_train_mib": peak_rss_mib(),
     }
+    # The GEMM peaks of both precisions, measured in this process: bf16-mixed runs the layers' matrix
+    # multiplies in bf16, so its bound and fraction are against the bf16 peak.
+    gemm_dtype = "bfloat16" if args.precision.startswith("bf16") else "float32"
     with torch.inference_mode():
-        layer_peak = best_gemm_rate(counter.shapes)
+        layer_peaks = {dt: best_gemm_rate(counter.shapes, dtype=dt) for dt in ("float32", "bfloat16")}
+    layer_peak = layer_peaks[gemm_dtype]
+    result["layer_gemm_peak_gflops_by_dtype"] = layer_peaks
     flops_per_token = sum(s["gemm_flops"] for s in timed) / sum(s["tgt_tokens"] for s in timed)
     result.update({
         # Linear and recurrent layers only (attention scores and softmax left out): the step's
@@ -263,11 +273,13 @@ def train_worker(args) -> dict:
     })
     if args.model == "transformer":
         achieved = [s["flops"] / s["seconds"] / 1e9 for s in timed]
-        peak = gemm_peak(shape)
+        peaks = {dt: gemm_peak(shape, dtype=dt) for dt in ("float32", "bfloat16")}
+        peak = peaks[gemm_dtype]
         result.update({"gflops_achieved_median": statistics.median(achieved), "gemm_gflops": peak,
-                       "gemm_peak_gflops": max(peak.values())})
+                       "gemm_peak_gflops": max(peak.values()),
+                       "gemm_peak_gflops_by_dtype": {dt: max(p.values()) for dt, p in peaks.items()}})
         result["fraction_of_gemm_peak"] = result["gflops_achieved_median"] / result["gemm_peak_gflops"]
-    trainer.save_checkpoint(Path(args.workdir) / f"{args.model}.ckpt", weights_only=False)
+    trainer.save_checkpoint(Path(args.workdir) / f"{args.model}.{args.precision}.ckpt", weights_only=False)
     return result
 
 
@@ -349,6 +361,12 @@ def main() -> None:
     parser.add_argument("--ckpt-rnn", help="trained RNN checkpoint/run to decode (default: the benchmark's own)")
     parser.add_argument("--ckpt-transformer", help="trained Transformer checkpoint/run to decode")
     parser.add_argument("--out", default="benchmarks/results/speed.json", help="JSON written here")
+    parser.add_argument("--precision", nargs="+", default=["32"], choices=["32", "bf16-mixed", "16-mixed"],
+                        help="train in each of these precisions, alternated model by model (default 32); "
+                        "decoding uses the first one's checkpoint")
+    parser.add_argument("--rounds", type=int, default=1, help="train each precision this many times, alternating "
+                        "them (32, bf16, 32, bf16, ...); the round with the median tokens/s is reported (default 1)")
+    parser.add_argument("--no-decode", action="store_true", help="measure training only")
     parser.add_argument("--peer", type=Path, help="Joey NMT's training figures measured on this machine "
                         "(benchmarks/peer_speed.py): training ratios against them instead of the reference table")
     parser.add_argument("--worker", choices=["train", "decode"], help=argparse.SUPPRESS)
@@ -358,6 +376,7 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        args.precision = args.precision[0]
         print(json.dumps((train_worker if args.worker == "train" else decode_worker)(args)))
         return
 
@@ -370,19 +389,33 @@ def main() -> None:
         except (OSError, ValueError, KeyError) as e:
             sys.exit(f"error: --peer {args.peer}: not a benchmarks/peer_speed.py result ({e})")
     _, data_name = data_overrides()
-    results = {"data": data_name, "machine": machine(), "models": {}, "peer_measured_now": peer}
+    results = {"data": data_name, "machine": machine(), "models": {}, "peer_measured_now": peer,
+               "precisions": args.precision}
     with tempfile.TemporaryDirectory() as work:
         for name in args.models:
-            print(f"[{name}] training {args.warmup} + {args.steps} steps ...", file=sys.stderr, flush=True)
-            train = run_worker("--worker", "train", "--model", name, "--workdir", work,
-                               "--steps", str(args.steps), "--warmup", str(args.warmup))
-            ckpt = getattr(args, f"ckpt_{name}") or str(Path(work) / f"{name}.ckpt")
+            rounds: dict[str, list[dict]] = {p: [] for p in args.precision}
+            for r in range(args.rounds):  # alternated: a slower minute on a shared machine hits both
+                for precision in args.precision:
+                    print(f"[{name}] round {r + 1}/{args.rounds}: training {args.warmup} + {args.steps} steps, "
+                          f"precision {precision} ...", file=sys.stderr, flush=True)
+                    rounds[precision].append(run_worker(
+                        "--worker", "train", "--model", name, "--workdir", work, "--steps", str(args.steps),
+                        "--warmup", str(args.warmup), "--precision", precision))
+            by_precision = {}
+            for precision, runs in rounds.items():
+                runs.sort(key=lambda t: t["train_tok_s_median"])
+                by_precision[precision] = {**runs[len(runs) // 2],
+                                           "rounds_tok_s": [round(t["train_tok_s_median"]) for t in runs]}
+            results["models"][name] = {"train": by_precision[args.precision[0]], "train_by_precision": by_precision}
+            if args.no_decode:
+                continue
+            ckpt = getattr(args, f"ckpt_{name}") or str(Path(work) / f"{name}.{args.precision[0]}.ckpt")
             decode = {}
             for beam in (1, 5):
                 print(f"[{name}] decoding, beam {beam} ...", file=sys.stderr, flush=True)
                 decode[beam] = run_worker("--worker", "decode", "--model", name, "--ckpt", ckpt, "--beam", str(beam))
-            results["models"][name] = {"train": train, "greedy": decode[1], "beam5": decode[5],
-                                       "decoded_trained_checkpoint": bool(getattr(args, f"ckpt_{name}"))}
+            results["models"][name].update({"greedy": decode[1], "beam5": decode[5],
+                                            "decoded_trained_checkpoint": bool(getattr(args, f"ckpt_{name}"))})
     report(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -418,7 +451,11 @@ def report(results: dict) -> None:
           f"({'peer now' if peer else 'ref'}) | greedy sent/s (x ref) | beam5 sent/s (x ref) | decode peak RSS MiB "
           "| at cap g/b5 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    if len(results.get("precisions", [])) > 1:
+        report_precisions(results)
     for name, r in results["models"].items():
+        if "greedy" not in r:  # --no-decode
+            continue
         t, g, b, ref = r["train"], r["greedy"], r["beam5"], dict(REFERENCE[name])
         if peer and name in peer:
             ref.update(train_tok_s=peer[name]["train_tok_s"], peak_rss_mib=round(peer[name]["peak_rss_mib"]))
@@ -451,6 +488,29 @@ def report(results: dict) -> None:
         if not r["decoded_trained_checkpoint"]:
             print(f"  {name}: decoded the benchmark's briefly trained model (not comparable with a trained one; "
                   "give --ckpt-" + name + ")")
+
+
+def report_precisions(results: dict) -> None:
+    """Training speed per precision, against the first precision's, and against the GEMM peak of
+    the precision the layers run in (both peaks measured in each worker process)."""
+    peer = results.get("peer_measured_now") or {}
+    first = results["precisions"][0]
+    print(f"\n| model | precision | optimizer | train tok/s median (overall) | x {first} | x peer now "
+          "| layer GEMM GFLOP/s achieved | layer GEMM peak fp32 / bf16 | peak RSS train MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in results["models"].items():
+        base = r["train_by_precision"][first]["train_tok_s_median"]
+        for precision, t in r["train_by_precision"].items():
+            peaks = t["layer_gemm_peak_gflops_by_dtype"]
+            vs_peer = f"{t['train_tok_s_median'] / peer[name]['train_tok_s']:.2f}" if name in peer else "-"
+            print(f"| {name} | {precision} | {t['optimizer']} | {t['train_tok_s_median']:.0f} "
+                  f"({t['train_tok_s_overall']:.0f}; rounds {t.get('rounds_tok_s')}) | {t['train_tok_s_median'] / base:.2f} | {vs_peer} "
+                  f"| {t['layer_gemm_gflops_achieved']:.0f} | {peaks['float32']:.0f} / {peaks['bfloat16']:.0f} "
+                  f"| {t['peak_rss_train_mib']:.0f} |")
+            if "gemm_peak_gflops_by_dtype" in t:
+                print(f"  {name} {precision}: {t['gflops_achieved_median']:.1f} GFLOP/s (all matrix multiplies) = "
+                      f"{t['fraction_of_gemm_peak']:.1%} of the {'bf16' if precision.startswith('bf16') else 'fp32'} "
+                      f"peak at the model's shapes")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from attnmt.errors import ConfigError
 from attnmt.models.base import Seq2Seq
 from attnmt.utils.config import build
 
+from attnmt.training import resolve_precision
 from conftest import CONF, MODELS, build_tiny_model, compose_config, tiny_overrides
 
 
@@ -81,7 +82,8 @@ def test_every_trainer_config_instantiates(name, tmp_path):
     cfg = compose_config("train", [f"trainer={name}"], tmp_path)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = [instantiate(c) for c in cfg.logger.values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    precision = resolve_precision(cfg.trainer)["used"]  # trainer=gpu asks for auto, which is ours
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, precision=precision)
     assert trainer.max_epochs == cfg.trainer.max_epochs
 
 

@@ -140,11 +140,14 @@ def test_killed_run_resumes_with_the_same_losses(small_corpus, uninterrupted, tm
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(small_corpus, uninterrupted, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl_c"])
+def test_signal_saves_a_checkpoint_and_resume_finishes_the_run(small_corpus, uninterrupted, tmp_path, sig):
     run_dir = tmp_path / "run"
-    status, out = start_and_kill(train_cmd(small_corpus, run_dir), tmp_path, run_dir / "checkpoints", signal.SIGTERM)
-    assert status == 128 + signal.SIGTERM, out[-3000:]
+    status, out = start_and_kill(train_cmd(small_corpus, run_dir), tmp_path, run_dir / "checkpoints", sig)
+    assert status == 128 + sig, out[-3000:]
+    assert f"Stopped by {'Ctrl-C' if sig == signal.SIGINT else 'SIGTERM'} after step" in out
     assert f"continue with: python train.py resume={run_dir}" in out
+    assert "Traceback" not in out and not list((run_dir / "checkpoints").glob("*.tmp*"))
     # The checkpoint holds the step the run stopped at, not just the last periodic save.
     step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     summary = yaml.safe_load((run_dir / "summary.yaml").read_text())
@@ -223,12 +226,47 @@ def test_versions_and_commit_saved_with_the_run_and_in_the_checkpoint(uninterrup
     assert start["argv"][0].endswith("train.py") and start["resumed_from"] is None
     meta = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=False)["attnmt"]
     for record in (start, meta["provenance"]):
-        assert record["packages"]["torch"] == torch.__version__
+        # What ran, build tag included (2.14.1+cu130 and 2.14.1+cpu are different builds).
+        assert record["packages"]["torch"] == record["torch"]["version"] == torch.__version__
+        assert record["torch"]["cuda"] == torch.version.cuda
+        assert record["hardware"]["accelerator"] == "cpu" and record["hardware"]["device"] == "cpu"
+        assert record["hardware"]["precision"] == "32-true" and record["hardware"]["device_name"]
         assert record["packages"]["attnmt"] and record["python"] == sys.version.split()[0]
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         if head.returncode == 0:  # a git checkout: the commit the code came from
             assert record["git"]["commit"] == head.stdout.strip()
     assert meta["config"]["seed"] == 1234 and meta["config"]["model"]["hidden_size"] == 64
+
+
+DOUBLE_CTRL_C = """
+import os, signal
+from pytorch_lightning import Callback
+
+class CtrlCTwice(Callback):
+    # Two Ctrl-Cs inside one step: the second must not wait for the step to end.
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            raise AssertionError("still running after the second Ctrl-C")
+"""
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_aborts_at_once_without_saving(small_corpus, tmp_path):
+    (tmp_path / "twice.py").write_text(DOUBLE_CTRL_C)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    run_dir = tmp_path / "run"
+    cmd = train_cmd(small_corpus, run_dir, "+callbacks.twice._target_=twice.CtrlCTwice", f"+callbacks.twice.step={EVERY + 3}")
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode not in (0, 128 + signal.SIGINT), out[-3000:]
+    assert "still running after the second Ctrl-C" not in out and "Stopped by Ctrl-C" not in out
+    # Nothing new was saved: last.ckpt is the periodic one from before the Ctrl-Cs.
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == EVERY
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -165,3 +167,93 @@ def test_step_ab_loads_a_git_revision_as_a_separate_package(tmp_path, monkeypatc
     assert all(Path(mod.__file__).is_relative_to(tmp_path) for mod in loaded.values() if getattr(mod, "__file__", None))
     assert step_ab.retarget({"_target_": "attnmt.models.rnn.BahdanauRNN", "x": ["attnmt.a"]}, "attnmt_base") == {
         "_target_": "attnmt_base.models.rnn.BahdanauRNN", "x": ["attnmt_base.a"]}
+
+
+# -- bf16 autocast (trainer.precision=bf16-mixed) ----------------------------------------------------
+# Tolerances: a bf16 value carries 8 significant bits, so one rounding is off by up to 2^-9 of its
+# magnitude (0.2%). The kernels must be no less accurate than PyTorch's own bf16 computation of
+# the same formula: their error against a float64 reference at most twice PyTorch's, plus 1e-3.
+
+
+def no_worse_than_pytorch(got, plain, exact) -> None:
+    ours = (got.double() - exact).abs().max().item()
+    theirs = (plain.double() - exact).abs().max().item()
+    assert ours <= 2 * theirs + 1e-3, (ours, theirs)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_fused_loss_on_bf16_logits(eps):
+    """Autocast gives the loss bf16 logits: it computes in float32 from them (loss to float32
+    accuracy) and returns a bf16 gradient (each entry within one bf16 rounding, 2^-9 of 1)."""
+    torch.manual_seed(0)
+    logits = (torch.randn(257, 61) * 6).to(torch.bfloat16).requires_grad_()
+    target = torch.randint(0, 61, (257,))
+    target[::5] = 0
+    exact_in = logits.detach().double().requires_grad_()
+    ref = F.cross_entropy(exact_in, target, ignore_index=0, label_smoothing=eps, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(ref, exact_in)
+    got = smoothed_cross_entropy(logits, target, eps, ignore_index=0)
+    (got_grad,) = torch.autograd.grad(got, logits)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert got_grad.dtype == torch.bfloat16
+    assert (got_grad.double() - ref_grad).abs().max() <= 2**-9
+    assert got_grad[::5].abs().max() == 0
+
+
+@pytest.mark.parametrize("queries", [1, 5])
+def test_additive_scores_in_bf16_are_as_accurate_as_pytorchs(queries):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, queries, 8) * 3, torch.randn(3, 7, 8) * 3, torch.randn(8)
+    grad = torch.randn(3, queries, 7)
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    low = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    low_plain = [t.detach().clone().requires_grad_() for t in low]
+    ref = torch.tanh(exact[0].unsqueeze(2) + exact[1].unsqueeze(1)) @ exact[2]
+    got = additive_scores(*low)
+    plain = torch.tanh(low_plain[0].unsqueeze(2) + low_plain[1].unsqueeze(1)) @ low_plain[2]
+    assert got.dtype == torch.bfloat16
+    no_worse_than_pytorch(got, plain, ref)
+    grads = zip(torch.autograd.grad(got, low, grad.to(torch.bfloat16)),
+                torch.autograd.grad(plain, low_plain, grad.to(torch.bfloat16)),
+                torch.autograd.grad(ref, exact, grad.double()))
+    for g, p, r in grads:
+        assert g.dtype == torch.bfloat16
+        no_worse_than_pytorch(g, p, r)
+
+
+def test_dropout_on_bf16_keeps_the_share_and_scales_exactly():
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000, dtype=torch.bfloat16)
+    y = dropout(x, 0.3)
+    kept = y != 0
+    assert y.dtype == torch.bfloat16
+    assert abs(kept.float().mean().item() - 0.7) < 0.002
+    scale = torch.tensor(65536 / (65536 - round(0.3 * 65536)), dtype=torch.bfloat16)
+    assert (y[kept] == scale).all()  # 1 / (1 - p), rounded to bf16 once
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+def test_rnn_decoder_step_under_bf16_autocast_is_as_accurate_as_nn_rnn(rnn_type):
+    """Under bf16 autocast the hand-written step's output and state stay as close to the float64
+    result as nn.GRU/nn.LSTM's under the same autocast."""
+    from attnmt.models.attention import Attention
+    from attnmt.models.rnn import BahdanauRNN
+
+    torch.manual_seed(0)
+    model = BahdanauRNN(20, 20, Attention, emb_size=16, hidden_size=32, rnn_type=rnn_type, dropout=0.0)
+    emb, context = torch.randn(4, 16), torch.randn(4, 32)
+    h = torch.randn(4, 1, 32)
+    state = {"h": h, **({"c": torch.randn_like(h)} if rnn_type == "lstm" else {})}
+
+    def step(m, dtype=None):
+        w = m.step_weights()
+        return m.rnn_step(m.embed_inputs(emb.to(dtype or emb.dtype), w), context.to(dtype or emb.dtype),
+                          {k: s.to(dtype or s.dtype) for k, s in state.items()}, w)
+
+    exact, exact_state = step(copy.deepcopy(model).double(), torch.double)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, ours_state = step(model)
+        theirs, theirs_state = model.run_rnn(torch.cat([emb, context], -1).unsqueeze(1), state)
+    no_worse_than_pytorch(ours, theirs.squeeze(1), exact)
+    for key in state:
+        no_worse_than_pytorch(ours_state[key], theirs_state[key], exact_state[key])

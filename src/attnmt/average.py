@@ -7,18 +7,18 @@ one checkpoint that ``evaluate.py`` and ``attnmt-translate`` load like any other
 ``ckpt=[a.ckpt,b.ckpt,...]`` averages the files given. Averaging the last checkpoints of a run
 whose learning rate stays high to the end can decode better than any one of them (Vaswani et al.
 (2017) average the last 5 or 20); after ``scheduler=linear``, which anneals the last epochs, it
-decoded worse in the one run measured (README, "Time to quality").
+decoded worse in the one run measured (docs/performance.md, "Time to quality").
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Annotated
 
 from attnmt.errors import CheckpointError, ConfigError
-from attnmt.utils.cli import parse_key_values
+from attnmt.utils.schema import Ge
 
 USAGE = """usage: attnmt-average ckpt=RUN_DIR [last=N] [out=PATH]
        attnmt-average ckpt=[A.ckpt,B.ckpt,...] out=PATH
@@ -29,11 +29,20 @@ keys (defaults in brackets):
   ckpt=RUN_DIR       a training run's output folder: its validation checkpoints
                      (checkpoints/val/*.ckpt), the newest `last` of them by training step;
                      or a list of .ckpt files of one run (required)
-  last=N             how many of the newest validation checkpoints [5]
+  last=N             how many of the newest validation checkpoints, >= 1 [5]
   out=PATH           where to write the average [RUN_DIR/checkpoints/averaged.ckpt]
+
+A bad key or value is one line on stderr (error: ...) and exit status 2.
 """
 
-DEFAULTS = {"ckpt": None, "last": 5, "out": None}
+
+@dataclass
+class AverageSettings:
+    """The keys of ``attnmt-average``."""
+
+    ckpt: str | list[str]  # a run folder, or a list of .ckpt files
+    last: Annotated[int, Ge(1)] = 5
+    out: str | None = None  # default: RUN_DIR/checkpoints/averaged.ckpt
 
 
 def select(ckpt, last: int) -> tuple[list[Path], Path | None]:
@@ -48,8 +57,6 @@ def select(ckpt, last: int) -> tuple[list[Path], Path | None]:
     folder = run / "checkpoints" / "val"
     if not run.is_dir():
         raise CheckpointError(f"{run}: no such run folder (give ckpt=RUN_DIR or ckpt=[A.ckpt,B.ckpt,...])")
-    if last < 1:
-        raise ConfigError(f"last={last} must be at least 1")
     files = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
     if not files:
         raise CheckpointError(
@@ -104,17 +111,22 @@ def average_checkpoints(files: list[Path]) -> dict:
     return out
 
 
-def parse_args(argv: list[str]) -> dict:
-    return parse_key_values(argv, DEFAULTS, "attnmt-average", "attnmt-average ckpt=RUN_DIR")
+def parse_args(argv: list[str]) -> AverageSettings:
+    from attnmt.utils.cli import parse_key_values
+
+    (args,) = parse_key_values(argv, (AverageSettings,), "attnmt-average", "attnmt-average ckpt=RUN_DIR")
+    return args
 
 
-def run(args: dict) -> Path:
+def run(args: AverageSettings) -> Path:
+    import torch
+
     from attnmt.utils.io import atomic_path
 
-    files, run_dir = select(args["ckpt"], int(args["last"]))
-    if args["out"] is None and run_dir is None:
+    files, run_dir = select(args.ckpt, args.last)
+    if args.out is None and run_dir is None:
         raise ConfigError("out=PATH is required when ckpt is a list of files")
-    out = Path(args["out"]) if args["out"] is not None else run_dir / "checkpoints" / "averaged.ckpt"
+    out = Path(args.out) if args.out is not None else run_dir / "checkpoints" / "averaged.ckpt"
     averaged = average_checkpoints(files)
     with atomic_path(out) as tmp:
         torch.save(averaged, tmp)

@@ -3,7 +3,7 @@
 Lightning's ``ModelCheckpoint`` keeps the best model (``best.ckpt``); this callback keeps the newest
 training state: every ``every_n_train_steps`` optimizer steps and/or ``every_n_minutes`` of
 training, after every validation, at the end of training, and when the process gets SIGTERM
-(pre-emption, ``scancel``, ``kill``). Before a newer step is written, the previous ``last.ckpt``
+(pre-emption, ``scancel``, ``kill``) or a first Ctrl-C. Before a newer step is written, the previous ``last.ckpt``
 becomes ``last.prev.ckpt``, so a damaged newest file still leaves a valid one to resume from.
 Files are written through the trainer's checkpoint IO (atomic: temporary file, then rename).
 
@@ -25,6 +25,7 @@ from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from attnmt.errors import ConfigError
+from attnmt.utils.schema import PositiveFloat, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ LAST, PREVIOUS, NEXT = "last.ckpt", "last.prev.ckpt", "last.next.ckpt"
 class LastCheckpoint(Checkpoint):
     monitor = None  # watches no metric (code that looks for the best checkpoint skips it)
 
-    def __init__(self, dirpath: str, every_n_train_steps: int | None = None, every_n_minutes: float | None = 10.0):
+    def __init__(self, dirpath: str, every_n_train_steps: PositiveInt | None = None,
+                 every_n_minutes: PositiveFloat | None = 10.0):
         if every_n_train_steps is not None and every_n_train_steps <= 0:
             raise ConfigError(f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps} must be positive or null")
         if every_n_minutes is not None and every_n_minutes <= 0:
@@ -77,10 +79,11 @@ class LastCheckpoint(Checkpoint):
             self.publish(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
-        # Lightning raises SIGTERMException between two batches, so the state is consistent.
+        # Lightning raises SIGTERMException between two batches, so the state is consistent; a
+        # first Ctrl-C raises it too (attnmt.utils.interrupt).
         if isinstance(exception, SIGTERMException):
             self.save(trainer)
-            log.warning("SIGTERM after step %d: saved %s", trainer.global_step, self.path)
+            log.warning("Interrupted after step %d: saved %s", trainer.global_step, self.path)
 
     def save(self, trainer: pl.Trainer) -> None:
         """Write the training state now and make it ``last.ckpt`` (all hooks but batch end)."""

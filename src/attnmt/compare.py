@@ -9,18 +9,12 @@ here, greedily, from each run's best checkpoint on the test split of its own dat
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 from pathlib import Path
 
-import yaml
-
-from attnmt.checkpoint import load_for_decoding
 from attnmt.errors import DataError, exit_on_user_error
-from attnmt.data.io import read_parallel
-from attnmt.evaluation import decode_lines, split_files
-from attnmt.translate import DecodeSettings
+from attnmt.utils.cli import ArgumentParser
 from attnmt.utils.io import atomic_write_text
 
 COLUMNS = ["run", "model", "params", "train_seconds", "best_val_bleu", "test_bleu"]
@@ -34,6 +28,8 @@ def find_runs(folder: Path) -> list[Path]:
 
 
 def run_overrides(run: Path) -> list[str]:
+    import yaml
+
     path = run / ".hydra" / "overrides.yaml"
     return (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
 
@@ -54,6 +50,13 @@ def validation_curve(run: Path) -> list[tuple[int, float]]:
 
 
 def summarize(run: Path, label: str, split: str = "test") -> dict:
+    import yaml
+
+    from attnmt.checkpoint import load_for_decoding
+    from attnmt.data.io import read_parallel
+    from attnmt.evaluation import decode_lines, split_files
+    from attnmt.translate import DecodeSettings
+
     summary = yaml.safe_load((run / "summary.yaml").read_text())
     model, tokenizer, train_cfg, _ = load_for_decoding(run)
     src, ref, _ = split_files(train_cfg, split, None, None)
@@ -111,7 +114,7 @@ def compare(folder: str | Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="attnmt-compare",
         description="Compare the training runs of a multirun folder: a Markdown/CSV table and a plot "
         "of validation BLEU against step.",

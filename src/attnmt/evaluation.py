@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from attnmt.alignment import alignment_error_rate, attention_links, format_links, layer_index, read_gold
 from attnmt.checkpoint import load_for_decoding
@@ -22,10 +24,46 @@ from attnmt.metrics import corpus_scores
 from attnmt.models.base import Seq2Seq
 from attnmt.search import forced_attention
 from attnmt.translate import DecodeSettings, translate_dataset
-from attnmt.utils.config import build
+from attnmt.utils.config import build, check_config
 from attnmt.utils.io import atomic_write_text
+from attnmt.utils.schema import NON_EMPTY, Ge, Gt, Le
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluateSettings:
+    """evaluate.py's own keys (conf/evaluate.yaml); ``decode`` is a :class:`DecodeSettings`,
+    ``eval`` an :class:`EvalSettings`."""
+
+    ckpt: str
+    split: Literal["train", "valid", "test"] = "test"
+    src_file: str | None = None
+    ref_file: str | None = None
+
+
+@dataclass
+class EvalSettings:
+    """evaluate.py's ``eval`` node: heatmaps and word alignments (conf/evaluate.yaml says what
+    each key does)."""
+
+    num_plots: Annotated[int, Ge(0)] = 10
+    attention: Literal["cross", "encoder_self", "decoder_self"] = "cross"
+    layer: int = -1
+    plot_grid: bool = True
+    level: Literal["word", "subword"] = "word"
+    formats: Annotated[list[Literal["png", "svg", "pdf"]], NON_EMPTY] = field(default_factory=lambda: ["png", "svg"])
+    plot_target: Literal["hypothesis", "reference"] = "hypothesis"
+    gold_alignments: str | None = None
+    possible_alignments: str | None = None
+    align_method: Literal["argmax", "threshold"] = "argmax"
+    align_threshold: Annotated[float, Gt(0), Le(1)] = 0.5
+
+    def heatmaps(self) -> HeatmapSettings:
+        return HeatmapSettings(
+            num_plots=self.num_plots, attention=self.attention, layer=self.layer, grid=self.plot_grid,
+            level=self.level, formats=tuple(self.formats), target=self.plot_target,
+        )
 
 
 def split_files(
@@ -55,14 +93,10 @@ def decode_lines(
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    decode = DecodeSettings(**OmegaConf.to_container(cfg.decode))
-    e = cfg.eval
-    plots = HeatmapSettings(
-        num_plots=e.num_plots, attention=e.attention, layer=e.layer, grid=e.plot_grid, level=e.level,
-        formats=tuple(e.formats), target=e.plot_target,
-    )
-    if e.align_method not in ("argmax", "threshold"):
-        raise ConfigError(f"eval.align_method={e.align_method!r} is not one of argmax, threshold")
+    check_config(cfg, EvaluateSettings)  # every key, before the model loads
+    decode: DecodeSettings = build(cfg.decode, "decode")
+    e: EvalSettings = build(cfg.eval, "eval", _convert_="all")
+    plots = e.heatmaps()
     out_dir = Path(cfg.paths.output_dir)
     model, tokenizer, train_cfg, ckpt_path = load_for_decoding(cfg.ckpt)
     src_file, ref_file, gold_file = split_files(train_cfg, cfg.split, cfg.get("src_file"), cfg.get("ref_file"))

@@ -6,11 +6,13 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from typing import Annotated
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from attnmt.errors import ConfigError
+from attnmt.utils.schema import Gt, Lt, NonNegativeFloat, NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ class InverseSqrtWarmup(LambdaLR):
     with the inverse square root of the step. Normalised so that the peak (at the end of warm-up)
     is the optimizer's ``lr``: ``lr * min(step / warmup, sqrt(warmup / step))``."""
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: int = 4000):
+    def __init__(self, optimizer: Optimizer, warmup_steps: PositiveInt = 4000):
         if warmup_steps < 1:
             raise ConfigError(f"scheduler.warmup_steps={warmup_steps} must be >= 1")
         self.warmup_steps = warmup_steps
@@ -46,7 +48,7 @@ class InverseSqrtWarmup(LambdaLR):
 class ConstantWarmup(LambdaLR):
     """Linear warm-up for ``warmup_steps``, then the optimizer's ``lr`` unchanged."""
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: int = 0):
+    def __init__(self, optimizer: Optimizer, warmup_steps: NonNegativeInt = 0):
         if warmup_steps < 0:
             raise ConfigError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
         self.warmup_steps = warmup_steps
@@ -71,8 +73,8 @@ class LinearDecayWarmup(LambdaLR):
     distributed run uses the same rate.
     """
 
-    def __init__(self, optimizer: Optimizer, total_steps: int | None = None, warmup_steps: int = 0,
-                 min_lr: float = 0.0, total_time: float | str | None = None):
+    def __init__(self, optimizer: Optimizer, total_steps: int | None = None, warmup_steps: NonNegativeInt = 0,
+                 min_lr: NonNegativeFloat = 0.0, total_time: float | str | None = None):
         self.total_time = parse_duration(total_time, "scheduler.total_time")
         self.total_steps = total_steps if total_steps is not None and total_steps >= 0 else None
         if self.total_time is None and (self.total_steps is None or self.total_steps < 1):
@@ -156,8 +158,9 @@ class PlateauWarmup(LambdaLR):
     validation score to :meth:`observe`. The score history is part of ``state_dict`` (resumes).
     """
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: int = 0, factor: float = 0.5,
-                 patience: int = 2, min_lr: float = 1e-5):
+    def __init__(self, optimizer: Optimizer, warmup_steps: NonNegativeInt = 0,
+                 factor: Annotated[float, Gt(0), Lt(1)] = 0.5, patience: NonNegativeInt = 2,
+                 min_lr: NonNegativeFloat = 1e-5):
         if warmup_steps < 0:
             raise ConfigError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
         if not 0.0 < factor < 1.0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -16,12 +17,13 @@ from torch import Tensor
 
 from attnmt.data.tokenizer import PAD_ID, Tokenizer
 from attnmt.errors import ConfigError, TrainingError
+from attnmt.utils.schema import Fraction, PositiveFloat
 from attnmt.loss import smoothed_cross_entropy
 from attnmt.metrics import bleu
 from attnmt.models.base import Seq2Seq
 from attnmt.optim import prefer_fused
 from attnmt.search import greedy_search
-from attnmt.utils.provenance import provenance
+from attnmt.utils.provenance import hardware, provenance
 from attnmt.utils.rng import get_rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -39,9 +41,9 @@ class TranslationTask(pl.LightningModule):
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         tokenizer: Tokenizer | None = None,
         train_config: dict | None = None,
-        label_smoothing: float = 0.1,
-        max_len_ratio: float = 1.5,
-        nonfinite: str = "stop",
+        label_smoothing: Fraction = 0.1,
+        max_len_ratio: PositiveFloat = 1.5,
+        nonfinite: Literal["stop", "skip"] = "stop",
     ):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
@@ -57,6 +59,7 @@ class TranslationTask(pl.LightningModule):
         self.nonfinite = nonfinite
         self.skipped_batches = 0  # batches skipped for a non-finite loss or gradient (nonfinite=skip)
         self._rng_to_restore: dict | None = None
+        self._grad_norm: Tensor | None = None  # this update's gradient norm, for clipping
         self._val_outputs: list[tuple[list[int], list[list[int]]]] = []
 
     def loss(self, batch: dict[str, Tensor], label_smoothing: float) -> tuple[Tensor, Tensor]:
@@ -93,9 +96,36 @@ class TranslationTask(pl.LightningModule):
             return
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         self.log("train/grad_norm", norm)
+        self._grad_norm = norm  # reused by configure_gradient_clipping, which Lightning calls next
         if not torch.isfinite(norm):
             self._non_finite(f"gradient norm is {norm.item()}", None)
             optimizer.zero_grad(set_to_none=True)  # nonfinite=skip: parameters without a gradient are not updated
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """``trainer.gradient_clip_val`` by global norm, with the norm already computed above.
+
+        Under 32 and bf16-mixed no gradient scaler is involved, so the gradients hold their true
+        values and clipping works with a fused optimizer too; Lightning's own clipping refuses any
+        optimizer that unscales gradients itself, whatever the precision. With 16-mixed (a scaler:
+        the optimizer is never fused there, see :func:`attnmt.optim.prefer_fused`) Lightning clips.
+        """
+        if not gradient_clip_val:
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for p in self.parameters() if p.grad is not None]
+        norm, self._grad_norm = self._grad_norm, None
+        if not params:
+            return
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        elif norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def _non_finite(self, what: str, batch: dict[str, Tensor] | None) -> None:
         """Stop the run naming the step and the checkpoint to go back to, or (nonfinite=skip) count
@@ -176,7 +206,7 @@ class TranslationTask(pl.LightningModule):
             "config": self.train_config,
             "tokenizer": self.tokenizer.state() if self.tokenizer is not None else None,
             "num_parameters": self.model.num_parameters(),
-            "provenance": provenance(),
+            "provenance": {**provenance(), "hardware": hardware(self.trainer)},
             "rng": get_rng_state(),
             "skipped_batches": self.skipped_batches,
         }

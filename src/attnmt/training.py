@@ -15,16 +15,18 @@ import pytorch_lightning as pl
 import yaml
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attnmt.data.datamodule import TranslationDataModule
 from attnmt.errors import ConfigError
 from attnmt.models.base import Seq2Seq
 from attnmt.resume import check_unchanged, find_checkpoints, requeued, resume_checkpoint
-from attnmt.utils.config import build
+from attnmt.utils.config import build, check_config
 from attnmt.utils.allocator import keep_freed_memory
 from attnmt.utils.io import atomic_write_text
-from attnmt.utils.provenance import provenance
+from attnmt.utils.interrupt import StopOnCtrlC
+from attnmt.utils.precision import choose_precision
+from attnmt.utils.provenance import hardware, provenance
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,9 @@ def best_score(trainer: pl.Trainer, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
-def record_start(output_dir: Path, resumed_from: Path | None, step: int) -> None:
-    """Append this start (time, command line, versions, git commit) to ``run_info.yaml``."""
+def record_start(output_dir: Path, resumed_from: Path | None, step: int, trainer: pl.Trainer, precision: dict) -> None:
+    """Append this start (time, command line, versions, git commit, hardware and the precision
+    chosen, with why) to ``run_info.yaml``."""
     path = output_dir / "run_info.yaml"
     starts = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
     starts = starts if isinstance(starts, list) else []
@@ -61,8 +64,28 @@ def record_start(output_dir: Path, resumed_from: Path | None, step: int) -> None
         "resumed_from": None if resumed_from is None else str(resumed_from),
         "global_step": step,
         **provenance(),
+        "hardware": hardware(trainer),
+        "precision": precision,
     })
     atomic_write_text(path, yaml.safe_dump(starts, sort_keys=False))
+
+
+def resolve_precision(trainer_cfg: DictConfig) -> dict:
+    """``trainer.precision`` as asked and as used: ``auto`` becomes what suits the hardware."""
+    asked = str(trainer_cfg.get("precision", "32"))
+    if asked != "auto":
+        return {"asked": asked, "used": asked, "why": "set by trainer.precision"}
+    used, why = choose_precision(str(trainer_cfg.get("accelerator", "auto")))
+    return {"asked": asked, "used": used, "why": why}
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Every value of a training config against its constructor's annotations, before any work;
+    ``trainer.precision=auto`` (ours, not Lightning's) is checked as what it stands for here."""
+    checked = cfg.copy()
+    with open_dict(checked):
+        checked.trainer.precision = resolve_precision(cfg.trainer)["used"]
+    check_config(checked)
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -87,7 +110,9 @@ def train(cfg: DictConfig) -> float | None:
     # Under DDP, Lightning re-runs this script for ranks 1.. into the same folder: only rank 0 writes.
     if rank_zero_only.rank == 0:
         atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(config))
-        record_start(output_dir, ckpt_path, step)
+    precision = resolve_precision(cfg.trainer)
+    if precision["asked"] == "auto":
+        log.info("Precision %s (trainer.precision=auto: %s)", precision["used"], precision["why"])
 
     datamodule: TranslationDataModule = build(cfg.data, "data")
     datamodule.prepare_data()
@@ -105,17 +130,20 @@ def train(cfg: DictConfig) -> float | None:
     )
     callbacks = [build(c, f"callbacks.{k}") for k, c in cfg.get("callbacks", {}).items() if c is not None]
     loggers = [build(c, f"logger.{k}") for k, c in cfg.get("logger", {}).items() if c is not None]
-    trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers)
+    trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, precision=precision["used"])
+    if trainer.is_global_zero:
+        record_start(output_dir, ckpt_path, step, trainer, precision)
 
     # The datamodule restores the sampler's position itself (its state_dict), which Lightning
     # cannot see: its warning about a non-resumable dataloader does not apply.
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
     start = time.perf_counter()
-    interrupted = False
-    try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
-    except SIGTERMException:
-        interrupted = True
+    interrupted = None
+    with StopOnCtrlC(trainer) as ctrl_c:
+        try:
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+        except SIGTERMException:  # SIGTERM, or a first Ctrl-C: stopped between two steps, saved
+            interrupted = signal.SIGINT if ctrl_c.received else signal.SIGTERM
     elapsed = time.perf_counter() - start
 
     best = best_score(trainer, "val/bleu")
@@ -125,16 +153,17 @@ def train(cfg: DictConfig) -> float | None:
         "train_seconds": round(elapsed, 1),
         "global_step": trainer.global_step,
         "best_val_bleu": best,
-        "interrupted": interrupted,
+        "interrupted": interrupted is not None,
         "skipped_batches": task.skipped_batches,
         "data": datamodule.stats,
     }
     if trainer.is_global_zero:
         atomic_write_text(output_dir / "summary.yaml", OmegaConf.to_yaml(summary))
-    if interrupted:
+    if interrupted is not None:
+        why = "Ctrl-C" if interrupted == signal.SIGINT else "SIGTERM"
         log.warning(
-            "Stopped by SIGTERM after step %d; continue with: python train.py resume=%s", trainer.global_step, output_dir
+            "Stopped by %s after step %d; continue with: python train.py resume=%s", why, trainer.global_step, output_dir
         )
-        sys.exit(128 + signal.SIGTERM)
+        sys.exit(128 + interrupted)
     log.info("Finished in %.1f s; best val/bleu %s; run folder %s", elapsed, best, output_dir)
     return best_score(trainer, cfg.optimized_metric)

@@ -10,43 +10,40 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
-import torch
-from tqdm import tqdm
+from attnmt.utils.schema import Ge, Gt, Le
 
-from attnmt.data.batching import TokenBucketBatchSampler
-from attnmt.data.datamodule import ParallelDataset
-from attnmt.errors import ConfigError
-from attnmt.utils.cli import parse_key_values
-from attnmt.models.base import Seq2Seq
-from attnmt.search import Hypothesis, beam_search, greedy_search
+if TYPE_CHECKING:  # torch and the models load after the arguments are checked
+    from attnmt.data.datamodule import ParallelDataset
+    from attnmt.models.base import Seq2Seq
+    from attnmt.search import Hypothesis
 
 
 @dataclass
 class DecodeSettings:
-    beam_size: int = 5
-    alpha: float = 0.6  # GNMT length penalty exponent; 0 ranks by summed log-probability
-    max_len_ratio: float = 1.5  # outputs have at most ratio * source length + 10 tokens
-    batch_tokens: int = 8000  # padded source tokens per batch (beam search multiplies by beam_size)
-    n_best: int = 1
-    key_prefix: str = "decode."  # how errors name the keys: evaluate.py's decode.beam_size, ...
+    """How to decode: the keys of ``attnmt-translate`` and of evaluate.py's ``decode`` node
+    (types, ranges and defaults; checked by :mod:`attnmt.utils.schema` before decoding starts)."""
 
-    def __post_init__(self):
-        k = self.key_prefix
-        if self.beam_size < 1:
-            raise ConfigError(f"{k}beam_size={self.beam_size} must be at least 1")
-        if not 1 <= self.n_best <= self.beam_size:
-            raise ConfigError(f"{k}n_best={self.n_best} must be between 1 and {k}beam_size={self.beam_size}")
-        if self.alpha < 0:
-            raise ConfigError(f"{k}alpha={self.alpha} must be >= 0")
-        if self.max_len_ratio <= 0:
-            raise ConfigError(f"{k}max_len_ratio={self.max_len_ratio} must be > 0")
-        if self.batch_tokens < 1:
-            raise ConfigError(f"{k}batch_tokens={self.batch_tokens} must be at least 1")
+    beam_size: Annotated[int, Ge(1)] = 5  # 1 is greedy decoding
+    alpha: Annotated[float, Ge(0)] = 0.6  # GNMT length penalty exponent; 0 ranks by summed log-probability
+    max_len_ratio: Annotated[float, Gt(0)] = 1.5  # outputs have at most ratio * source length + 10 tokens
+    batch_tokens: Annotated[int, Ge(1)] = 8000  # padded source tokens per batch (beam search multiplies by beam_size)
+    n_best: Annotated[int, Ge(1), Le("beam_size")] = 1
 
     @property
     def search(self) -> str:
         return "greedy" if self.beam_size == 1 else f"beam {self.beam_size}, alpha {self.alpha}"
+
+
+@dataclass
+class TranslateSettings:
+    """The keys of ``attnmt-translate`` besides :class:`DecodeSettings`."""
+
+    ckpt: str  # a .ckpt file or a training run's output folder
+    input: str = "-"  # a file of source sentences, or - for standard input
+    scores: bool = False
+    alignments: bool = False
 
 
 def translate_dataset(
@@ -54,6 +51,12 @@ def translate_dataset(
 ) -> list[list[Hypothesis]]:
     """Decode every source of ``dataset`` in length-sorted token-budget batches: per sentence, in
     the dataset's order, its ``n_best`` hypotheses, best first."""
+    import torch
+    from tqdm import tqdm
+
+    from attnmt.data.batching import TokenBucketBatchSampler
+    from attnmt.search import beam_search, greedy_search
+
     sampler = TokenBucketBatchSampler(dataset.lengths(), settings.batch_tokens, shuffle=False)
     out: list[list[Hypothesis] | None] = [None] * len(dataset)
     with torch.inference_mode():
@@ -79,66 +82,74 @@ translation per output line, in order.
 keys (defaults in brackets):
   ckpt=PATH          a .ckpt file or a training run's output folder (required)
   input=FILE         source sentences, or - for stdin [-]
-  beam_size=K        1 is greedy decoding [5]
-  alpha=A            GNMT length penalty [0.6]
-  n_best=N           print N hypotheses per sentence [1]
-  max_len_ratio=R    output length cap: R * source length + 10 [1.5]
-  batch_tokens=N     padded source tokens per batch [8000]
-  scores=BOOL        also print each hypothesis' score [false]
+  beam_size=K        1 is greedy decoding; an integer >= 1 [5]
+  alpha=A            GNMT length penalty, >= 0 [0.6]
+  n_best=N           print N hypotheses per sentence, 1 <= N <= beam_size [1]
+  max_len_ratio=R    output length cap: R * source length + 10, R > 0 [1.5]
+  batch_tokens=N     padded source tokens per batch, >= 1 [8000]
+  scores=BOOL        also print each hypothesis' score: true or false [false]
   alignments=BOOL    also print word alignments (Pharaoh, from the last layer's
-                     cross-attention averaged over heads) [false]
+                     cross-attention averaged over heads): true or false [false]
+
+Input is UTF-8 text (a file or stdin alike): the first line that is not valid UTF-8 is an error,
+before anything is translated. Lines end at LF; a CR before it (CRLF) is dropped. Every input
+line gets its output: a blank or whitespace-only line is not decoded and gets an empty
+translation; a NUL byte is kept as an ordinary (unknown) character.
 
 With n_best > 1, scores or alignments, lines read
   SENTENCE_INDEX ||| TRANSLATION ||| SCORE ||| ALIGNMENT
-(the fields asked for; Moses n-best style). Progress and logs go to stderr.
+(the fields asked for; Moses n-best style; a blank input line gets one row with an empty
+translation, score 0 and no links). Progress and logs go to stderr. A bad key or value is one
+line on stderr (error: ...) and exit status 2.
 
 example:  echo "the small dog sees a cat ." | attnmt-translate ckpt=outputs/train/runs/RUN
 """
 
-DEFAULTS = {
-    "ckpt": None, "input": "-", "beam_size": 5, "alpha": 0.6, "n_best": 1, "max_len_ratio": 1.5,
-    "batch_tokens": 8000, "scores": False, "alignments": False,
-}
+
+def parse_args(argv: list[str]) -> tuple[TranslateSettings, DecodeSettings]:
+    from attnmt.utils.cli import parse_key_values
+
+    args, decode = parse_key_values(
+        argv, (TranslateSettings, DecodeSettings), "attnmt-translate", "attnmt-translate ckpt=RUN_OR_CKPT"
+    )
+    return args, decode
 
 
-def parse_args(argv: list[str]) -> dict:
-    return parse_key_values(argv, DEFAULTS, "attnmt-translate", "attnmt-translate ckpt=RUN_OR_CKPT")
-
-
-def translate_lines(args: dict, lines: list[str]) -> list[str]:
+def translate_lines(args: TranslateSettings, settings: DecodeSettings, lines: list[str]) -> list[str]:
     """What ``attnmt-translate`` prints for ``lines``."""
     from attnmt.alignment import attention_links, format_links
     from attnmt.checkpoint import load_for_decoding
     from attnmt.data.datamodule import encode_for_eval
+    from attnmt.search import Hypothesis
 
-    settings = DecodeSettings(
-        beam_size=args["beam_size"], alpha=args["alpha"], n_best=args["n_best"],
-        max_len_ratio=args["max_len_ratio"], batch_tokens=args["batch_tokens"], key_prefix="",
-    )
-    model, tokenizer, train_cfg, _ = load_for_decoding(args["ckpt"])
-    dataset = encode_for_eval(tokenizer, lines, max_len=train_cfg["data"].get("max_len", 128))
-    nbest = translate_dataset(model, dataset, settings, progress=len(lines) > 100)
-    plain = settings.n_best == 1 and not args["scores"] and not args["alignments"]
-    if plain:
+    model, tokenizer, train_cfg, _ = load_for_decoding(args.ckpt)
+    kept = [i for i, line in enumerate(lines) if line.strip()]  # blank lines are not decoded
+    nbest: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in lines]
+    links: list[list[set]] = [[set()] for _ in lines]
+    if kept:
+        dataset = encode_for_eval(tokenizer, [lines[i] for i in kept], max_len=train_cfg["data"].get("max_len", 128))
+        for i, hyps in zip(kept, translate_dataset(model, dataset, settings, progress=len(kept) > 100)):
+            nbest[i] = hyps
+        if args.alignments:
+            flat = [(k, h.tokens) for k, i in enumerate(kept) for h in nbest[i]]
+            found = iter(attention_links(model, tokenizer, dataset, flat, settings.batch_tokens, layers=[-1])[0])
+            for i in kept:
+                links[i] = [next(found) for _ in nbest[i]]
+    if settings.n_best == 1 and not args.scores and not args.alignments:
         return tokenizer.decode_tgt([h[0].tokens for h in nbest])
-    links = None
-    if args["alignments"]:
-        flat = [(i, h.tokens) for i, hyps in enumerate(nbest) for h in hyps]
-        links = iter(attention_links(model, tokenizer, dataset, flat, settings.batch_tokens, layers=[-1])[0])
     out = []
     for i, hyps in enumerate(nbest):
-        for h in hyps:
+        for h, hyp_links in zip(hyps, links[i]):
             fields = [str(i), tokenizer.decode_tgt([h.tokens])[0]]
-            if args["scores"] or settings.n_best > 1:
+            if args.scores or settings.n_best > 1:
                 fields.append(f"{h.score:.4f}")
-            if links is not None:
-                fields.append(format_links(next(links)))
+            if args.alignments:
+                fields.append(format_links(hyp_links))
             out.append(" ||| ".join(fields))
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    from attnmt.data.io import read_lines
     from attnmt.errors import exit_on_user_error
 
     argv = sys.argv[1:] if argv is None else argv
@@ -148,14 +159,13 @@ def main(argv: list[str] | None = None) -> None:
 
     @exit_on_user_error
     def run() -> None:
-        args = parse_args(argv)
-        if args["input"] == "-":
-            lines = [line.rstrip("\r\n") for line in sys.stdin]
-        else:
-            lines = read_lines(Path(args["input"]))
+        from attnmt.data.io import read_lines, read_stdin
+
+        args, settings = parse_args(argv)
+        lines = read_stdin() if args.input == "-" else read_lines(Path(args.input))
         if not lines:
             return
-        for line in translate_lines(args, lines):
+        for line in translate_lines(args, settings, lines):
             print(line, flush=False)
         sys.stdout.flush()
 

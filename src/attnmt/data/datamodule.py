@@ -7,10 +7,13 @@ Subclasses say where a corpus's files are (:meth:`split_files`) and how to obtai
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
+from typing import Annotated, Literal
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
 from attnmt.data.batching import TokenBucketBatchSampler
@@ -18,6 +21,7 @@ from attnmt.data.io import read_parallel
 from attnmt.data.synthetic import SRC_LANG, TGT_LANG, ensure_synthetic
 from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
 from attnmt.errors import ConfigError, DataError
+from attnmt.utils.schema import Gt, Le, NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,14 @@ def pad(seqs: list[list[int]]) -> torch.Tensor:
     return out
 
 
+def init_worker(worker_id: int) -> None:
+    """A DataLoader worker ignores Ctrl-C: the terminal sends SIGINT to the whole process group,
+    and the main process stops training at the end of the step (it still needs its workers until
+    then). Seeded as Lightning seeds workers (``seed_everything(workers=True)``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pl_worker_init_function(worker_id)
+
+
 class TranslationDataModule(pl.LightningDataModule):
     """Shared pipeline. ``max_tokens`` bounds each batch's padded size; ``max_len`` (subword tokens)
     filters over-long training pairs; evaluation splits are never filtered."""
@@ -87,14 +99,14 @@ class TranslationDataModule(pl.LightningDataModule):
         self,
         src_lang: str,
         tgt_lang: str,
-        max_tokens: int = 4096,
-        max_len: int = 128,
-        vocab_size: int = 8000,
+        max_tokens: PositiveInt = 4096,
+        max_len: PositiveInt = 128,
+        vocab_size: PositiveInt = 8000,
         joint_vocab: bool = True,
-        spm_model_type: str = "unigram",
-        character_coverage: float = 1.0,
+        spm_model_type: Literal["unigram", "bpe", "char", "word"] = "unigram",
+        character_coverage: Annotated[float, Gt(0), Le(1)] = 1.0,
         cache_dir: str | None = None,
-        num_workers: int = 0,
+        num_workers: NonNegativeInt = 0,
         seed: int = 0,
         spm_model: str | None = None,
     ):
@@ -233,6 +245,7 @@ class TranslationDataModule(pl.LightningDataModule):
             # Its own generator: creating an iterator must not draw from the global RNG, or a
             # resumed run's dropout masks would differ from an uninterrupted run's.
             generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=init_worker if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -264,9 +277,9 @@ class SyntheticDataModule(TranslationDataModule):
     def __init__(
         self,
         data_dir: str,
-        num_train: int = 24000,
-        num_valid: int = 1000,
-        num_test: int = 1000,
+        num_train: PositiveInt = 24000,
+        num_valid: PositiveInt = 1000,
+        num_test: PositiveInt = 1000,
         generator_seed: int = 7,
         src_lang: str = SRC_LANG,
         tgt_lang: str = TGT_LANG,

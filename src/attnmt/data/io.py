@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import sys
 from pathlib import Path
 
 from attnmt.errors import DataError
@@ -12,31 +13,50 @@ log = logging.getLogger(__name__)
 _reported_crlf: set[tuple[Path, float]] = set()
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """Lines of a UTF-8 text file (``.gz`` is decompressed), without their line endings."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
+def split_lines(raw: bytes, name: str) -> tuple[list[str], int]:
+    """UTF-8 ``raw`` as lines without their endings: lines end at ``\\n`` only, and a CR before
+    it is dropped (a CR elsewhere, a NUL or a whitespace-only line is kept as it is, so that
+    lines stay aligned). Also how many lines ended in CRLF. Text that is not UTF-8 is a
+    :class:`DataError` naming ``name`` and the first bad line."""
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as f:
-            text = f.read()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raw = (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")).read()
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line} is not valid UTF-8") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot be read ({e})") from None
+        raise DataError(f"{name}: line {line} is not valid UTF-8") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     crlf = sum(line.endswith("\r") for line in lines)
     if crlf:
+        lines = [line.removesuffix("\r") for line in lines]
+    return lines, crlf
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Lines of a UTF-8 text file (``.gz`` is decompressed), without their line endings
+    (:func:`split_lines`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot be read ({e})") from None
+    lines, crlf = split_lines(raw, str(path))
+    if crlf:
         key = (path.resolve(), path.stat().st_mtime)
         if key not in _reported_crlf:  # once per file, however often it is read
             _reported_crlf.add(key)
             log.warning("%s: %d of %d lines end in CRLF; read without the CR", path, crlf, len(lines))
-        lines = [line.removesuffix("\r") for line in lines]
+    return lines
+
+
+def read_stdin() -> list[str]:
+    """Lines of standard input, read as bytes and checked like a file's (:func:`split_lines`)."""
+    lines, crlf = split_lines(sys.stdin.buffer.read(), "<stdin>")
+    if crlf:
+        log.warning("<stdin>: %d of %d lines end in CRLF; read without the CR", crlf, len(lines))
     return lines
 
 

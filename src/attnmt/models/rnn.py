@@ -14,7 +14,7 @@ encoder states) and the attention module (:mod:`attnmt.models.attention`).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from attnmt.errors import ConfigError
 from attnmt.models.attention import Attention
 from attnmt.models.dropout import Dropout, dropout
 from attnmt.models.base import Seq2Seq, State
+from attnmt.utils.schema import Fraction, PositiveInt
 
 RNN_TYPES = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -89,13 +90,13 @@ class RNNSeq2Seq(Seq2Seq):
         src_vocab_size: int,
         tgt_vocab_size: int,
         attention: Callable[..., Attention],
-        emb_size: int = 256,
-        hidden_size: int = 256,
-        encoder_hidden_size: int | None = None,
-        encoder_layers: int = 1,
-        decoder_layers: int = 1,
-        rnn_type: str = "gru",
-        dropout: float = 0.2,
+        emb_size: PositiveInt = 256,
+        hidden_size: PositiveInt = 256,
+        encoder_hidden_size: PositiveInt | None = None,
+        encoder_layers: PositiveInt = 1,
+        decoder_layers: PositiveInt = 1,
+        rnn_type: Literal["gru", "lstm"] = "gru",
+        dropout: Fraction = 0.2,
         joint_vocab: bool = False,
     ):
         super().__init__()

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from attnmt.errors import ConfigError
 from attnmt.models.dropout import Dropout, dropout
 from attnmt.models.base import Seq2Seq, State, sinusoid_positions
+from attnmt.utils.schema import Fraction, PositiveInt
 
 
 class MultiHeadAttention(nn.Module):
@@ -134,17 +135,17 @@ class Transformer(Seq2Seq):
         self,
         src_vocab_size: int,
         tgt_vocab_size: int,
-        d_model: int = 256,
-        num_heads: int = 4,
-        d_ff: int = 1024,
-        encoder_layers: int = 3,
-        decoder_layers: int = 3,
-        dropout: float = 0.1,
+        d_model: PositiveInt = 256,
+        num_heads: PositiveInt = 4,
+        d_ff: PositiveInt = 1024,
+        encoder_layers: PositiveInt = 3,
+        decoder_layers: PositiveInt = 3,
+        dropout: Fraction = 0.1,
         norm_first: bool = True,
         scale_scores: bool = True,
         tie_embeddings: bool = True,
         joint_vocab: bool = False,
-        max_positions: int = 1024,
+        max_positions: PositiveInt = 1024,
     ):
         super().__init__()
         if d_model % num_heads:

@@ -1,26 +1,53 @@
-"""``key=value`` command lines for the small console commands (attnmt-translate, attnmt-average)."""
+"""``key=value`` command lines for the small console commands (attnmt-translate, attnmt-average).
+
+Each command describes its keys as settings dataclasses (types, ranges and defaults in one
+place, :mod:`attnmt.utils.schema`); a value is converted to its key's type and checked before the
+command does any work. Nothing heavy is imported here: ``--help`` and a bad argument answer at
+once.
+"""
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+import argparse
+import dataclasses
+import typing
+from typing import Any, NoReturn
 
 from attnmt.errors import ConfigError
+from attnmt.utils.schema import check_value, parse_text, required
 
 
-def parse_key_values(argv: list[str], defaults: dict, command: str, usage: str) -> dict:
-    """``argv`` merged onto ``defaults`` (unknown keys and bad values refused in one line);
-    ``ckpt`` is required (``usage`` shows how to give it)."""
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise ConfigError(f"{bad[0]!r}: arguments are key=value (see {command} --help)")
-    cfg = OmegaConf.create(defaults)
-    OmegaConf.set_struct(cfg, True)
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv))
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{key}: not a key of {command}, or a bad value; keys: {', '.join(defaults)}") from None
-    if cfg.ckpt is None:
-        raise ConfigError(f"ckpt is required: {usage} (see --help)")
-    return OmegaConf.to_container(cfg)
+def parse_key_values(argv: list[str], schemas: tuple[type, ...], command: str, usage: str) -> list[Any]:
+    """One instance of each settings dataclass in ``schemas``, from ``argv`` (``key=value``
+    items; a key given twice: the last wins) and the fields' defaults. An unknown key, a value of
+    the wrong type or out of range, or a missing required key (``usage`` shows how to give it) is a
+    :class:`ConfigError` naming the key."""
+    fields = {f.name: (schema, f) for schema in schemas for f in dataclasses.fields(schema) if f.init}
+    given: dict[str, str] = {}
+    for arg in argv:
+        key, eq, text = arg.partition("=")
+        if not eq:
+            raise ConfigError(f"{arg!r}: arguments are key=value (see {command} --help)")
+        if key not in fields:
+            raise ConfigError(f"{key}: not a key of {command}; keys: {', '.join(fields)}")
+        given[key] = text
+    missing = [name for schema in schemas for name in required(schema) if name not in given]
+    if missing:
+        raise ConfigError(f"{missing[0]} is required: {usage} (see --help)")
+    hints = {schema: typing.get_type_hints(schema, include_extras=True) for schema in schemas}
+    values = {}
+    for name, (schema, f) in fields.items():
+        if name in given:
+            values[name] = parse_text(given[name], hints[schema][name])
+        else:
+            values[name] = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+    for name, (schema, _) in fields.items():  # in order: a bound naming another key sees it checked
+        check_value(name, values[name], hints[schema][name], values, shown=given.get(name))
+    return [schema(**{n: values[n] for n, (s, _) in fields.items() if s is schema}) for schema in schemas]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (``error: ...``, exit 2) like the other commands."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
