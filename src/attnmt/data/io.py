@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import logging
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 from attnmt.errors import DataError
 
@@ -38,6 +39,34 @@ def read_lines(path: str | Path) -> list[str]:
             log.warning("%s: %d of %d lines end in CRLF; read without the CR", path, crlf, len(lines))
         lines = [line.removesuffix("\r") for line in lines]
     return lines
+
+
+def open_binary(path: str | Path) -> BinaryIO:
+    """The raw bytes of a text file, decompressed when its name ends in ``.gz``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def decode_line(raw: bytes, path: Path, line_no: int) -> str:
+    """One line (with or without its ``\\n``) as text, without the line ending; CRLF counts as one."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: line {line_no} is not valid UTF-8") from None
+    return text[:-1].removesuffix("\r") if text.endswith("\n") else text.removesuffix("\r")
+
+
+def iter_lines(path: str | Path) -> Iterator[str]:
+    """Stream the lines of a file as :func:`read_lines` reads them, never holding the whole file."""
+    path = Path(path)
+    try:
+        with open_binary(path) as f:
+            for line_no, raw in enumerate(f, 1):
+                yield decode_line(raw, path, line_no)
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot be read ({e})") from None
 
 
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
