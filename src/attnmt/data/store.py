@@ -224,6 +224,11 @@ def _compressed_position(f: BinaryIO) -> int:
         return 0
 
 
+def token_dtype_for(vocab_size: int) -> np.dtype:
+    """The smallest unsigned type that holds every id of a vocabulary."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
 def build_store(
     folder: Path,
     src_file: Path,
@@ -238,8 +243,7 @@ def build_store(
     from tqdm.auto import tqdm
 
     num_proc = num_proc or len(os.sched_getaffinity(0))
-    vocab = max(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
-    token_dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32)
+    token_dtype = token_dtype_for(max(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size))
     length_dtype = np.dtype(np.uint16 if max_len < 1 << 16 else np.uint32)
     config = {
         "max_len": max_len, "max_len_ratio": max_len_ratio, "token_dtype": token_dtype,
