@@ -193,7 +193,9 @@ def _encode_chunk(chunk: tuple[int, list[bytes], list[bytes]]) -> dict:
     return out
 
 
-def _read_chunks(src_file: Path, tgt_file: Path, src_f: BinaryIO, tgt_f: BinaryIO) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
+def _read_chunks(
+    src_file: Path, tgt_file: Path, src_f: BinaryIO, tgt_f: BinaryIO
+) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
     """Line-aligned chunks of raw lines, with the 1-based number of each chunk's first line."""
     line = 1
     try:
@@ -253,7 +255,10 @@ def build_store(
     counts = {"pairs": 0, "blank": 0, "too_long": 0, "uneven": 0}
     crlf = [0, 0]
     totals = {side: 0 for side in SIDES}
-    files = {f"{side}_{kind}": open(folder / f"{side}.{kind}", "wb") for side in SIDES for kind in ("tokens", "lengths", "offsets")}
+    files = {
+        f"{side}_{kind}": open(folder / f"{side}.{kind}", "wb")
+        for side in SIDES for kind in ("tokens", "lengths", "offsets")
+    }
     for side in SIDES:
         files[f"{side}_offsets"].write(np.zeros(1, np.int64).tobytes())
     start = time.perf_counter()
@@ -277,13 +282,14 @@ def build_store(
     ) as bar:
         try:
             chunks = _read_chunks(src_file, tgt_file, src_f, tgt_f)
+            init_args = (tokenizer.src_proto, None if tokenizer.joint else tokenizer.tgt_proto, config)
             if num_proc <= 1:
-                _init_worker(tokenizer.src_proto, None if tokenizer.joint else tokenizer.tgt_proto, config)
+                _init_worker(*init_args)
                 for chunk in chunks:
                     write(_encode_chunk(chunk))
             else:
-                context = multiprocessing.get_context("fork")
-                with context.Pool(num_proc, _init_worker, (tokenizer.src_proto, None if tokenizer.joint else tokenizer.tgt_proto, config)) as pool:
+                # fork: the workers need no imports of their own (spawn would re-import torch).
+                with multiprocessing.get_context("fork").Pool(num_proc, _init_worker, init_args) as pool:
                     pending: deque = deque()
                     for chunk in chunks:  # in order, with a bounded number of chunks in flight
                         pending.append(pool.apply_async(_encode_chunk, (chunk,)))
