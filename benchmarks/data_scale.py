@@ -104,7 +104,8 @@ def child() -> None:
     starts DDP ranks 1.. by running this script again, so they report too."""
     import atexit
     import resource
-    import runpy
+
+    import hydra
 
     rank = os.environ.get("LOCAL_RANK", "0")
     atexit.register(lambda: print(f"PEAK_RSS rank={rank} kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}",
@@ -120,7 +121,12 @@ def child() -> None:
         return step(self, *args, **kwargs)
 
     TranslationTask.training_step = first_step
-    runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    # train.py's main, called here rather than run as a script: sys.argv[0] stays this file,
+    # which is what Lightning runs again for the other ranks.
+    from attnmt.errors import exit_on_user_error
+    from attnmt.training import train
+
+    hydra.main(version_base="1.3", config_path=str(ROOT / "conf"), config_name="train")(exit_on_user_error(train))()
 
 
 def main() -> None:

@@ -104,10 +104,17 @@ def store_key(src_file: Path, tgt_file: Path, tokenizer: Tokenizer, settings: di
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if needed), released when the block ends."""
+    """An exclusive ``flock`` on ``path`` (created if needed), released when the block ends. Where
+    the filesystem has no locks (Lustre without ``-o flock``), the block runs unlocked: two
+    processes may then both prepare a store, and the atomic rename keeps one complete copy."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as e:
+            log.warning("%s: no file lock on this filesystem (%s); going on without one", path, e)
+            yield
+            return
         try:
             yield
         finally:
@@ -143,7 +150,11 @@ def open_or_build(
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             build_store(tmp, src_file, tgt_file, tokenizer, max_len, max_len_ratio, num_proc)
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process, unlocked, finished first: its copy is as good
+                if not final.is_dir():
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return TokenStore(final)
