@@ -169,20 +169,44 @@ def _init_worker(src_proto: bytes, tgt_proto: bytes | None, config: dict) -> Non
     _worker.update(config)
 
 
-def _encode_chunk(chunk: tuple[int, list[bytes], list[bytes]]) -> dict:
+def _decode_lines(raw: bytes, path: Path, first_line: int) -> tuple[list[str], int]:
+    """The lines of a chunk as :func:`~attnmt.data.io.read_lines` gives them, and how many ended in
+    CRLF. The chunk is decoded at once; only one with invalid UTF-8 is decoded line by line, to
+    name the line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        for i, line in enumerate(raw.split(b"\n")):
+            decode_line(line, path, first_line + i)  # raises, naming the first bad line
+        raise AssertionError("a chunk that fails to decode has a line that fails") from None
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    crlf = 0
+    if "\r" in text:
+        crlf = sum(line.endswith("\r") for line in lines)
+        lines = [line.removesuffix("\r") for line in lines]
+    return lines, crlf
+
+
+def _encode_chunk(chunk: tuple[int, bytes, bytes]) -> dict:
     """Decode, encode and filter one chunk of pairs (in an encoding process)."""
     first_line, src_raw, tgt_raw = chunk
     tok, max_len, ratio = _worker["tokenizer"], _worker["max_len"], _worker["max_len_ratio"]
-    src = [decode_line(r, _worker["src_file"], first_line + i) for i, r in enumerate(src_raw)]
-    tgt = [decode_line(r, _worker["tgt_file"], first_line + i) for i, r in enumerate(tgt_raw)]
-    crlf = [sum(r.endswith((b"\r\n", b"\r")) for r in raw) for raw in (src_raw, tgt_raw)]
+    (src, src_crlf), (tgt, tgt_crlf) = (
+        _decode_lines(raw, _worker[f"{side}_file"], first_line) for side, raw in (("src", src_raw), ("tgt", tgt_raw))
+    )
+    crlf = [src_crlf, tgt_crlf]
     threads = _worker["threads"]
     src_ids, tgt_ids = tok.encode_src(src, num_threads=threads), tok.encode_tgt(tgt, num_threads=threads)
     n = len(src)
     src_len = np.fromiter(map(len, src_ids), np.int64, n)
     tgt_len = np.fromiter(map(len, tgt_ids), np.int64, n)
-    text = np.fromiter((bool(s.strip() and t.strip()) for s, t in zip(src, tgt)), bool, n)
-    blank = (src_len == 0) | (tgt_len == 0) | ~text
+    # A line is blank when str.strip() leaves nothing: empty, or whitespace only.
+    blank = (src_len == 0) | (tgt_len == 0)
+    for lines in (src, tgt):
+        blank |= np.fromiter(map(len, lines), np.int64, n) == 0
+        blank |= np.fromiter(map(str.isspace, lines), bool, n)
     too_long = ~blank & ((src_len > max_len) | (tgt_len > max_len))
     dropped = blank | too_long
     uneven = np.zeros(n, bool)
@@ -206,8 +230,9 @@ def _encode_chunk(chunk: tuple[int, list[bytes], list[bytes]]) -> dict:
 
 def _read_chunks(
     src_file: Path, tgt_file: Path, src_f: BinaryIO, tgt_f: BinaryIO
-) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
-    """Line-aligned chunks of raw lines, with the 1-based number of each chunk's first line."""
+) -> Iterator[tuple[int, bytes, bytes]]:
+    """Line-aligned chunks of raw text (whole lines, joined: one object to send to a process, not
+    thousands), with the 1-based number of each chunk's first line."""
     line = 1
     try:
         while True:
@@ -221,7 +246,7 @@ def _read_chunks(
                 )
             if not src:
                 break
-            yield line, src, tgt
+            yield line, b"".join(src), b"".join(tgt)
             line += len(src)
     except (OSError, EOFError) as e:
         raise DataError(f"{src_file}, {tgt_file}: cannot be read ({e})") from None
