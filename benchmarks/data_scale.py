@@ -13,8 +13,9 @@ For each size, each measurement in a fresh process:
   ``data.num_proc`` processes, filtered, written), into an empty cache: seconds, and pairs/s of the
   store alone.
 - second start: ``train.py`` (Transformer as configured, ``data=parallel``, 10 steps) with the
-  cache now filled: seconds from launch to the first training step, and peak RSS
-  (``getrusage``, the process's own).
+  cache now filled: seconds from launch to the first training step; peak RSS (``getrusage``:
+  it counts the store's pages the process has mapped, which are shared through the page cache)
+  and the process's own memory at the end (``RssAnon``).
 - with ``--ddp``: the same run as 2 CPU processes (``trainer=ddp``), each rank's figures.
 
 Prints one table and writes it as JSON to ``benchmarks/results/data_scale.json``.
@@ -93,8 +94,8 @@ def train_run(prefix: Path, cache: Path, run_dir: Path, ddp: bool) -> dict[int, 
     ranks: dict[int, dict] = {}
     for rank, stamp in re.findall(r"FIRST_STEP rank=(\d+) time=([\d.]+)", log):
         ranks.setdefault(int(rank), {})["first_step_s"] = float(stamp) - start
-    for rank, kib in re.findall(r"PEAK_RSS rank=(\d+) kib=(\d+)", log):
-        ranks.setdefault(int(rank), {})["peak_rss_mib"] = int(kib) / 1024
+    for rank, kib, anon in re.findall(r"PEAK_RSS rank=(\d+) kib=(\d+) anon_kib=(\d+)", log):
+        ranks.setdefault(int(rank), {}).update(peak_rss_mib=int(kib) / 1024, anon_rss_mib=int(anon) / 1024)
     ranks[0]["prepared_here"] = "Prepared " in log  # a second start must only reuse the store
     return ranks
 
@@ -108,8 +109,16 @@ def child() -> None:
     import hydra
 
     rank = os.environ.get("LOCAL_RANK", "0")
-    atexit.register(lambda: print(f"PEAK_RSS rank={rank} kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}",
-                                  flush=True))
+
+    def report() -> None:
+        # Peak RSS counts the store's pages this process mapped (shared, page cache); RssAnon at
+        # the end is the process's own memory.
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        anon = int(status["RssAnon"].split()[0])
+        print(f"PEAK_RSS rank={rank} kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} anon_kib={anon}",
+              flush=True)
+
+    atexit.register(report)
     from attnmt.task import TranslationTask
 
     step = TranslationTask.training_step
@@ -135,6 +144,8 @@ def main() -> None:
                         help="corpus sizes as repeats of Multi30k's 29,000 training pairs")
     parser.add_argument("--ddp", action="store_true", help="also a 2-rank CPU DDP run per size")
     parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a cache prepared by an earlier run (no preparation figures)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "data_scale.json")
     args = parser.parse_args()
     if not (MULTI30K / "train.de.gz").is_file():
@@ -143,19 +154,22 @@ def main() -> None:
     for repeats in args.repeats:
         prefix = make_corpus(args.work, repeats)
         cache = args.work / f"x{repeats}" / "cache"
-        row = {"pairs": 29000 * repeats, **prepare(prefix, cache)}
+        row = {"pairs": 29000 * repeats, "spm_s": float("nan"), "store_s": float("nan"), "pairs_per_s": float("nan")}
+        if not (args.reuse and list(cache.glob("store-*/meta.json"))):
+            row.update(prepare(prefix, cache))
         row["single"] = train_run(prefix, cache, args.work / "runs" / f"x{repeats}", ddp=False)
         if args.ddp:
             row["ddp"] = train_run(prefix, cache, args.work / "runs" / f"x{repeats}-ddp", ddp=True)
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
-    print("| pairs | spm (s) | store (s) | store pairs/s | 2nd start to step 1 (s) | peak RSS (MiB) |"
-          + (" DDP rank 0 / 1: start (s) | DDP rank 0 / 1: RSS (MiB) |" if args.ddp else ""))
-    print("|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.ddp else ""))
+    print("| pairs | spm (s) | store (s) | store pairs/s | 2nd start to step 1 (s) | peak RSS (MiB) | own at end (MiB) |"
+          + (" DDP rank 0 / 1: start (s) | DDP rank 0 / 1: peak RSS (MiB) |" if args.ddp else ""))
+    print("|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.ddp else ""))
     for r in rows:
         line = (f"| {r['pairs']:,} | {r['spm_s']:.1f} | {r['store_s']:.1f} | {r['pairs_per_s']:,.0f} | "
-                f"{r['single'][0]['first_step_s']:.1f} | {r['single'][0]['peak_rss_mib']:,.0f} |")
+                f"{r['single'][0]['first_step_s']:.1f} | {r['single'][0]['peak_rss_mib']:,.0f} | "
+                f"{r['single'][0]['anon_rss_mib']:,.0f} |")
         if "ddp" in r:
             d = r["ddp"]
             line += (f" {d[0]['first_step_s']:.1f} / {d[1]['first_step_s']:.1f} |"

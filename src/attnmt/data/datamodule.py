@@ -98,21 +98,36 @@ class TokenStoreDataset(Dataset):
             return np.asarray(self.parts[0][0].lengths[side])
         return np.concatenate([np.tile(store.lengths[side], upsample) for store, upsample in self.parts])
 
-    def _key_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _length_arrays(self) -> tuple[np.ndarray, np.ndarray, type]:
         src, tgt = self._side_lengths("src"), self._side_lengths("tgt")
         # uint16 while the longest side plus <s> and </s> fits: 6 bytes a pair for 10M pairs.
         dtype = np.uint16 if max(int(src.max()), int(tgt.max())) + 2 < 1 << 16 else np.uint32
-        src, tgt = src.astype(dtype), tgt.astype(dtype)
-        return np.maximum(src, tgt) + dtype(1), tgt + dtype(2), src + dtype(1)
+        return src.astype(dtype, copy=False), tgt.astype(dtype, copy=False), dtype
+
+    def _release(self) -> None:
+        for store, _ in self.parts:
+            store.release_lengths()
 
     def lengths(self) -> np.ndarray:
         """Padded cost of each example: its longer side (the source with ``</s>``, the target
         with one of ``<s>``, ``</s>``)."""
-        return self._key_arrays()[0]
+        src, tgt, dtype = self._length_arrays()
+        cost = np.maximum(src, tgt)
+        cost += dtype(1)
+        self._release()
+        return cost
 
     def sort_keys(self) -> np.ndarray:
         """(cost, target length, source length) per example, as for :class:`ParallelDataset`."""
-        return np.stack(self._key_arrays(), axis=1)
+        src, tgt, dtype = self._length_arrays()
+        # Column-major: the sampler sorts column by column.
+        keys = np.empty((len(src), 3), dtype=dtype, order="F")
+        np.maximum(src, tgt, out=keys[:, 0])
+        keys[:, 0] += dtype(1)
+        np.add(tgt, dtype(2), out=keys[:, 1])
+        np.add(src, dtype(1), out=keys[:, 2])
+        self._release()
+        return keys
 
     def _gather(self, side: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids padded with PAD_ID, lengths) of ``side`` for ``indices``: (B, L), (B,)."""
