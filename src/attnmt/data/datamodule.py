@@ -104,9 +104,9 @@ class TokenStoreDataset(Dataset):
         dtype = np.uint16 if max(int(src.max()), int(tgt.max())) + 2 < 1 << 16 else np.uint32
         return src.astype(dtype, copy=False), tgt.astype(dtype, copy=False), dtype
 
-    def _release(self) -> None:
+    def _release(self, kinds: tuple[str, ...]) -> None:
         for store, _ in self.parts:
-            store.release_lengths()
+            store.release(kinds)
 
     def lengths(self) -> np.ndarray:
         """Padded cost of each example: its longer side (the source with ``</s>``, the target
@@ -114,7 +114,7 @@ class TokenStoreDataset(Dataset):
         src, tgt, dtype = self._length_arrays()
         cost = np.maximum(src, tgt)
         cost += dtype(1)
-        self._release()
+        self._release(("lengths",))  # the sampler keeps its own arrays
         return cost
 
     def sort_keys(self) -> np.ndarray:
@@ -126,7 +126,7 @@ class TokenStoreDataset(Dataset):
         keys[:, 0] += dtype(1)
         np.add(tgt, dtype(2), out=keys[:, 1])
         np.add(src, dtype(1), out=keys[:, 2])
-        self._release()
+        self._release(("lengths",))  # the sampler keeps its own arrays
         return keys
 
     def _gather(self, side: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -161,6 +161,7 @@ class TokenStoreDataset(Dataset):
         tgt[:, 0] = BOS_ID
         tgt[:, 1:-1] = ids
         tgt[rows, lengths + 1] = EOS_ID
+        self._release(("tokens", "offsets"))
         src, tgt = torch.from_numpy(src), torch.from_numpy(tgt)
         return {
             "idx": torch.tensor(indices),

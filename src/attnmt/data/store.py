@@ -86,12 +86,15 @@ class TokenStore:
                     array._mmap.madvise(mmap.MADV_RANDOM)
                 getattr(self, kind)[side] = array
 
-    def release_lengths(self) -> None:
-        """Drop this process's mapping of the length files' pages (they stay in the page cache):
-        once the sampler has its arrays, a process needs them no more."""
-        for array in self.lengths.values():
-            if isinstance(array, np.memmap):
-                array._mmap.madvise(mmap.MADV_DONTNEED)
+    def release(self, kinds: tuple[str, ...] = ("tokens", "offsets")) -> None:
+        """Unmap the pages of these files that this process touched. They stay in the page cache
+        (the next read finds them there), but no longer count in the process's resident set,
+        which would otherwise grow towards the size of the store as batches touch more of it
+        (~50 MB a batch on a 10M-pair store, through the kernel's fault-around). Takes ~2 ms."""
+        for kind in kinds:
+            for array in getattr(self, kind).values():
+                if isinstance(array, np.memmap):
+                    array._mmap.madvise(mmap.MADV_DONTNEED)
 
     @property
     def stats(self) -> dict[str, int]:
