@@ -302,3 +302,13 @@ def test_line_count_mismatch_and_empty_corpus_found_while_streaming(corpus, tmp_
     with pytest.raises(DataError, match=r"train\.de and .*train\.en are empty"):
         datamodule(tmp_path, corpus, model).prepare_data()
     assert not stores(tmp_path)
+
+
+def test_dataloader_workers_read_the_store_like_the_main_process(corpus, tmp_path):
+    batches = {}
+    for workers in (0, 2):
+        dm = datamodule(tmp_path, corpus, f"data.num_workers={workers}")
+        dm.setup("fit")
+        batches[workers] = [b for _, b in zip(range(5), dm.train_dataloader())]
+    for a, b in zip(batches[0], batches[2]):
+        assert all(torch.equal(a[k], b[k]) for k in a)
