@@ -80,10 +80,8 @@ class TokenStore:
                     raise InvalidStore(f"{file}: {size} bytes, expected {count * dtype.itemsize}")
                 array = np.memmap(file, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
                 if count and kind != "lengths":
-                    # Batches read a few hundred scattered sentences: without this, each read
-                    # pulls in the kernel's readahead window and the process's resident set
-                    # grows by ~100 MB per batch on a large store.
-                    array._mmap.madvise(mmap.MADV_RANDOM)
+                    # Batches read a few hundred scattered sentences: no readahead around them.
+                    _madvise(array, "MADV_RANDOM")
                 getattr(self, kind)[side] = array
 
     def release(self, kinds: tuple[str, ...] = ("tokens", "offsets")) -> None:
@@ -93,8 +91,7 @@ class TokenStore:
         (~50 MB a batch on a 10M-pair store, through the kernel's fault-around). Takes ~2 ms."""
         for kind in kinds:
             for array in getattr(self, kind).values():
-                if isinstance(array, np.memmap):
-                    array._mmap.madvise(mmap.MADV_DONTNEED)
+                _madvise(array, "MADV_DONTNEED")
 
     @property
     def stats(self) -> dict[str, int]:
@@ -106,6 +103,13 @@ class TokenStore:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["path"])
+
+
+def _madvise(array: np.ndarray, advice: str) -> None:
+    """Advise the kernel about a memmap's pages, where the platform and numpy allow it."""
+    mapping = getattr(array, "_mmap", None)  # numpy keeps the mmap.mmap of a memmap here
+    if mapping is not None and hasattr(mmap, advice):
+        mapping.madvise(getattr(mmap, advice))
 
 
 def store_key(src_file: Path, tgt_file: Path, tokenizer: Tokenizer, settings: dict, digests: Path) -> str:
