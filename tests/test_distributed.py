@@ -25,6 +25,10 @@ def test_two_process_ddp_run_matches_single_process_evaluation(tiny_data_dir, tm
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stdout + done.stderr
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log  # really two processes
+    # The first process prepares the training data (or finds it cached); the other only reads it.
+    assert log.count("Prepared ") <= 1
+    rank1 = (run / "train_ddp_process_1.log").read_text()
+    assert "Reusing token store" in rank1 and "Prepared " not in rank1
 
     # One output folder (nothing stray in the working directory), one set of checkpoints.
     assert [p.name for p in tmp_path.iterdir()] == ["run"]

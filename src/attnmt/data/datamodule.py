@@ -1,7 +1,9 @@
 """The LightningDataModule: raw parallel text -> sentencepiece ids -> token-budget batches.
 
-Subclasses say where a corpus's files are (:meth:`split_files`) and how to obtain them
-(:meth:`prepare_corpus`); everything else (checks, subwords, filtering, batching) is shared.
+Subclasses say where a corpus's files are (:meth:`split_files`, :meth:`train_files`) and how to
+obtain them (:meth:`prepare_corpus`); everything else (checks, subwords, filtering, batching) is
+shared. Training pairs are encoded once into a token store (:mod:`attnmt.data.store`) and read
+from it by memory map; validation and test splits are small and encoded at each start.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ import signal
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
 from attnmt.data.batching import TokenBucketBatchSampler
-from attnmt.data.io import read_parallel
+from attnmt.data.io import iter_parallel, read_parallel
+from attnmt.data.store import TokenStore, file_lock, open_or_build
 from attnmt.data.synthetic import SRC_LANG, TGT_LANG, ensure_synthetic
-from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
+from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Reservoir, Tokenizer, train_sentencepiece
 from attnmt.errors import ConfigError, DataError
 from attnmt.utils.schema import Gt, Le, NonNegativeInt, PositiveInt
 
@@ -76,6 +80,102 @@ def encode_for_eval(
     return ParallelDataset(src_ids, tgt_ids)
 
 
+class TokenStoreDataset(Dataset):
+    """Training pairs read from token stores: several corpora back to back, each repeated
+    ``upsample`` times. Lengths, sort keys and batches are those :class:`ParallelDataset` gives
+    for the same pairs; the tokens stay in the memory-mapped files until a batch needs them."""
+
+    def __init__(self, parts: list[tuple[TokenStore, int]]):
+        assert parts and all(upsample >= 1 for _, upsample in parts)
+        self.parts = parts
+        self.starts = np.cumsum([0] + [store.num_pairs * upsample for store, upsample in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def _side_lengths(self, side: str) -> np.ndarray:
+        """Number of subword ids of each pair's ``side`` (without ``<s>``, ``</s>``)."""
+        if len(self.parts) == 1 and self.parts[0][1] == 1:
+            return np.asarray(self.parts[0][0].lengths[side])
+        return np.concatenate([np.tile(store.lengths[side], upsample) for store, upsample in self.parts])
+
+    def _length_arrays(self) -> tuple[np.ndarray, np.ndarray, type]:
+        src, tgt = self._side_lengths("src"), self._side_lengths("tgt")
+        # uint16 while the longest side plus <s> and </s> fits: 6 bytes a pair for 10M pairs.
+        dtype = np.uint16 if max(int(src.max()), int(tgt.max())) + 2 < 1 << 16 else np.uint32
+        return src.astype(dtype, copy=False), tgt.astype(dtype, copy=False), dtype
+
+    def _release(self, kinds: tuple[str, ...]) -> None:
+        for store, _ in self.parts:
+            store.release(kinds)
+
+    def lengths(self) -> np.ndarray:
+        """Padded cost of each example: its longer side (the source with ``</s>``, the target
+        with one of ``<s>``, ``</s>``)."""
+        src, tgt, dtype = self._length_arrays()
+        cost = np.maximum(src, tgt)
+        cost += dtype(1)
+        self._release(("lengths",))  # the sampler keeps its own arrays
+        return cost
+
+    def sort_keys(self) -> np.ndarray:
+        """(cost, target length, source length) per example, as for :class:`ParallelDataset`."""
+        src, tgt, dtype = self._length_arrays()
+        # Column-major: the sampler sorts column by column.
+        keys = np.empty((len(src), 3), dtype=dtype, order="F")
+        np.maximum(src, tgt, out=keys[:, 0])
+        keys[:, 0] += dtype(1)
+        np.add(tgt, dtype(2), out=keys[:, 1])
+        np.add(src, dtype(1), out=keys[:, 2])
+        self._release(("lengths",))  # the sampler keeps its own arrays
+        return keys
+
+    def _gather(self, side: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids padded with PAD_ID, lengths) of ``side`` for ``indices``: (B, L), (B,)."""
+        part = np.searchsorted(self.starts, indices, side="right") - 1
+        lengths = np.empty(len(indices), dtype=np.int64)
+        where = []
+        for p in np.unique(part):
+            rows = np.flatnonzero(part == p)
+            store = self.parts[p][0]
+            local = (indices[rows] - self.starts[p]) % store.num_pairs
+            lengths[rows] = store.lengths[side][local]
+            where.append((rows, store, store.offsets[side][local]))
+        width = int(lengths.max())
+        ids = np.full((len(indices), width), PAD_ID, dtype=np.int64)
+        columns = np.arange(width)
+        for rows, store, offsets in where:
+            inside = columns < lengths[rows, None]  # (b, L)
+            positions = np.where(inside, offsets[:, None] + columns, 0)
+            ids[rows] = np.where(inside, store.tokens[side][positions], PAD_ID)
+        return ids, lengths
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        rows = np.arange(len(idx))
+        ids, lengths = self._gather("src", idx)
+        src = np.full((len(idx), ids.shape[1] + 1), PAD_ID, dtype=np.int64)
+        src[:, :-1] = ids
+        src[rows, lengths] = EOS_ID
+        ids, lengths = self._gather("tgt", idx)
+        tgt = np.full((len(idx), ids.shape[1] + 2), PAD_ID, dtype=np.int64)
+        tgt[:, 0] = BOS_ID
+        tgt[:, 1:-1] = ids
+        tgt[rows, lengths + 1] = EOS_ID
+        self._release(("tokens", "offsets"))
+        src, tgt = torch.from_numpy(src), torch.from_numpy(tgt)
+        return {
+            "idx": torch.tensor(indices),
+            "src": src,  # (B, S)
+            "src_mask": src != PAD_ID,  # (B, S) True on real tokens
+            "tgt_in": tgt[:, :-1],  # (B, T): <s> y_1 ... y_n
+            "tgt_out": tgt[:, 1:],  # (B, T): y_1 ... y_n </s>
+        }
+
+
 def pad(seqs: list[list[int]]) -> torch.Tensor:
     out = torch.full((len(seqs), max(len(s) for s in seqs)), PAD_ID, dtype=torch.long)
     for row, s in enumerate(seqs):
@@ -109,6 +209,9 @@ class TranslationDataModule(pl.LightningDataModule):
         num_workers: NonNegativeInt = 0,
         seed: int = 0,
         spm_model: str | None = None,
+        max_len_ratio: float | None = None,
+        num_proc: int | None = None,
+        spm_sample_size: int = 1_000_000,
     ):
         super().__init__()
         if max_len + 1 > max_tokens:
@@ -120,6 +223,12 @@ class TranslationDataModule(pl.LightningDataModule):
             raise ConfigError(
                 f"data.spm_model_type={spm_model_type!r} is not one of unigram, bpe, char, word"
             )
+        if max_len_ratio is not None and max_len_ratio < 1:
+            raise ConfigError(f"data.max_len_ratio={max_len_ratio} must be at least 1 (or null: no ratio filter)")
+        if num_proc is not None and num_proc < 0:
+            raise ConfigError(f"data.num_proc={num_proc} must be 0 or more (null: every core)")
+        if spm_sample_size < 1:
+            raise ConfigError(f"data.spm_sample_size={spm_sample_size} must be positive")
         self.src_lang, self.tgt_lang = src_lang, tgt_lang
         self.max_tokens, self.max_len = max_tokens, max_len
         self.spm_settings = {
@@ -132,8 +241,12 @@ class TranslationDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir
         self.num_workers = num_workers
         self.seed = seed
+        self.max_len_ratio = max_len_ratio
+        self.num_proc = num_proc
+        self.spm_sample_size = spm_sample_size
         self.tokenizer: Tokenizer | None = None
-        self.datasets: dict[str, ParallelDataset] = {}
+        self.stores: list[TokenStore] | None = None
+        self.datasets: dict[str, ParallelDataset | TokenStoreDataset] = {}
         self.stats: dict[str, dict[str, int]] = {}
         self.train_sampler: TokenBucketBatchSampler | None = None
         self._resume_position: dict[str, int] | None = None
@@ -146,6 +259,14 @@ class TranslationDataModule(pl.LightningDataModule):
         """(source file, target file) of a split."""
         raise NotImplementedError
 
+    def train_files(self) -> list[tuple[Path, Path]]:
+        """(source file, target file) of each training corpus, concatenated in this order."""
+        return [self.split_files("train")]
+
+    def train_upsample(self) -> list[int]:
+        """How many times each training corpus is repeated in an epoch."""
+        return [1] * len(self.train_files())
+
     def alignment_file(self, split: str) -> Path | None:
         """Gold word alignments (Pharaoh) of a split, where the corpus has them."""
         return None
@@ -155,8 +276,10 @@ class TranslationDataModule(pl.LightningDataModule):
 
     # -- shared pipeline -------------------------------------------------------------------------
     def prepare_data(self) -> None:
+        """Everything that writes to disk, once: corpus files, subword models, token stores. Under
+        DDP, Lightning runs it on each node's first process before the others read the stores."""
         self.prepare_corpus()
-        self.build_tokenizer()
+        self.train_stores()
 
     def build_tokenizer(self) -> Tokenizer:
         if self.tokenizer is not None:
@@ -168,18 +291,46 @@ class TranslationDataModule(pl.LightningDataModule):
             self.tokenizer = Tokenizer(path.read_bytes())
             log.info("Using sentencepiece model %s (%d pieces)", path, self.tokenizer.src_vocab_size)
             return self.tokenizer
-        src_file, tgt_file = self.split_files("train")
-        src, tgt = read_parallel(src_file, tgt_file)
+        files = self.train_files()
+        src_files, tgt_files = [s for s, _ in files], [t for _, t in files]
+        n = self.spm_sample_size
+
+        # Generators: the corpus is streamed (and checked) only when no cached model fits.
+        def side(k: int):
+            return (pair[k] for src, tgt in files for pair in iter_parallel(src, tgt))
+
+        def both():  # half the sample from each side; all source lines first, as spm always read them
+            samples = Reservoir((n + 1) // 2, seed=0), Reservoir(n // 2, seed=1)
+            for src, tgt in files:
+                for pair in iter_parallel(src, tgt):
+                    for reservoir, line in zip(samples, pair):
+                        if line.strip():
+                            reservoir.add(line)
+            yield from samples[0].lines
+            yield from samples[1].lines
+
         cache = self.spm_cache_dir()
-        if self.joint_vocab:
-            proto = train_sentencepiece(src + tgt, cache, "joint", self.spm_settings, [src_file, tgt_file])
-            self.tokenizer = Tokenizer(proto)
-        else:
-            self.tokenizer = Tokenizer(
-                train_sentencepiece(src, cache, self.src_lang, self.spm_settings, [src_file]),
-                train_sentencepiece(tgt, cache, self.tgt_lang, self.spm_settings, [tgt_file]),
-            )
+        with file_lock(cache / "spm.lock"):  # concurrent runs train each model once
+            if self.joint_vocab:
+                proto = train_sentencepiece(both(), cache, "joint", self.spm_settings, src_files + tgt_files, n)
+                self.tokenizer = Tokenizer(proto)
+            else:
+                self.tokenizer = Tokenizer(
+                    train_sentencepiece(side(0), cache, self.src_lang, self.spm_settings, src_files, n),
+                    train_sentencepiece(side(1), cache, self.tgt_lang, self.spm_settings, tgt_files, n),
+                )
         return self.tokenizer
+
+    def train_stores(self) -> list[TokenStore]:
+        """The token store of each training corpus, prepared where missing (each on its own: adding
+        a corpus does not prepare the others again)."""
+        if self.stores is None:
+            tok = self.build_tokenizer()
+            self.stores = [
+                open_or_build(self.spm_cache_dir(), src, tgt, tok, self.max_len, self.max_len_ratio, self.num_proc)
+                for src, tgt in self.train_files()
+            ]
+        return self.stores
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_corpus()
@@ -189,33 +340,28 @@ class TranslationDataModule(pl.LightningDataModule):
         if "valid" not in self.datasets and stage in (None, "fit", "validate"):
             self.datasets["valid"] = self.eval_dataset("valid")
 
-    def train_dataset(self, tok: Tokenizer) -> ParallelDataset:
-        """Training pairs, without blank pairs and pairs longer than ``max_len`` subwords (counted
-        in :attr:`stats` and the log)."""
-        src_file, tgt_file = self.split_files("train")
-        src, tgt = read_parallel(src_file, tgt_file)
-        src_ids, tgt_ids = tok.encode_src(src), tok.encode_tgt(tgt)
-        blank = too_long = 0
-        keep = []
-        for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
-            if not (s and t and src[i].strip() and tgt[i].strip()):
-                blank += 1
-            elif len(s) > self.max_len or len(t) > self.max_len:
-                too_long += 1
-            else:
-                keep.append(i)
-        self.stats["train"] = {"pairs": len(src), "kept": len(keep), "blank": blank, "too_long": too_long}
-        log.info(
-            "train (%s, %s): %d pairs kept of %d; dropped %d blank or whitespace-only, "
-            "%d longer than data.max_len=%d subwords",
-            src_file, tgt_file, len(keep), len(src), blank, too_long, self.max_len,
-        )
-        if not keep:
-            raise DataError(
-                f"{src_file}, {tgt_file}: no training pair left after dropping blank pairs and pairs "
-                f"longer than data.max_len={self.max_len} subwords"
+    def train_dataset(self, tok: Tokenizer | None = None) -> TokenStoreDataset:
+        """Training pairs, without blank pairs and pairs longer than ``max_len`` subwords (or more
+        uneven than ``max_len_ratio``), counted in :attr:`stats` and the log."""
+        stores = self.train_stores()
+        upsample = self.train_upsample()
+        totals: dict[str, int] = {}
+        for (src_file, tgt_file), store, times in zip(self.train_files(), stores, upsample):
+            stats = store.stats
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0) + value
+            log.info(
+                "train (%s, %s): %d pairs kept of %d%s; dropped %d blank or whitespace-only, %d longer than "
+                "data.max_len=%d subwords%s",
+                src_file, tgt_file, stats["kept"], stats["pairs"], f", repeated {times} times" if times > 1 else "",
+                stats["blank"], stats["too_long"], self.max_len,
+                f", {stats['uneven']} more uneven than data.max_len_ratio={self.max_len_ratio}" if "uneven" in stats else "",
             )
-        return ParallelDataset([src_ids[i] for i in keep], [tgt_ids[i] for i in keep])
+        if len(stores) > 1:
+            totals["corpora"] = len(stores)
+            totals["epoch_pairs"] = sum(store.num_pairs * times for store, times in zip(stores, upsample))
+        self.stats["train"] = totals
+        return TokenStoreDataset(list(zip(stores, upsample)))
 
     def eval_dataset(self, split: str) -> ParallelDataset:
         src, tgt = read_parallel(*self.split_files(split))

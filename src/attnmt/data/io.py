@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import logging
 import sys
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 from attnmt.errors import DataError
 
@@ -60,6 +63,56 @@ def read_stdin() -> list[str]:
     return lines
 
 
+def open_binary(path: str | Path) -> BinaryIO:
+    """The raw bytes of a text file, decompressed when its name ends in ``.gz``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def decode_line(raw: bytes, path: Path, line_no: int) -> str:
+    """One line (with or without its ``\\n``) as text, without the line ending; CRLF counts as one."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: line {line_no} is not valid UTF-8") from None
+    return text[:-1].removesuffix("\r") if text.endswith("\n") else text.removesuffix("\r")
+
+
+def iter_lines(path: str | Path) -> Iterator[str]:
+    """Stream the lines of a file as :func:`read_lines` reads them, never holding the whole file."""
+    path = Path(path)
+    try:
+        with open_binary(path) as f:
+            for line_no, raw in enumerate(f, 1):
+                yield decode_line(raw, path, line_no)
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot be read ({e})") from None
+
+
+def iter_parallel(src_path: str | Path, tgt_path: str | Path) -> Iterator[tuple[str, str]]:
+    """Stream the pairs of two line-aligned files, with :func:`read_parallel`'s checks and errors."""
+    src_path, tgt_path = Path(src_path), Path(tgt_path)
+    n_src = n_tgt = 0
+    src_lines, tgt_lines = iter_lines(src_path), iter_lines(tgt_path)
+    for s in src_lines:
+        n_src += 1
+        t = next(tgt_lines, None)
+        if t is None:
+            n_src += sum(1 for _ in src_lines)
+            break
+        n_tgt += 1
+        yield s, t
+    n_tgt += sum(1 for _ in tgt_lines)
+    if n_src != n_tgt:
+        raise DataError(
+            f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}: parallel files must be line-aligned"
+        )
+    if not n_src:
+        raise DataError(f"{src_path} and {tgt_path} are empty")
+
+
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
     """Read a line-aligned pair of files; a line-count mismatch is an error naming both files."""
     src, tgt = read_lines(src_path), read_lines(tgt_path)
@@ -79,3 +132,30 @@ def resolve_text_file(prefix: str | Path, lang: str) -> Path:
         if candidate.is_file():
             return candidate
     raise DataError(f"{prefix}.{lang}: no such file (also tried {prefix}.{lang}.gz)")
+
+
+def file_digest(path: str | Path, cache_file: str | Path | None = None) -> str:
+    """SHA-256 of a file's content. With ``cache_file`` (a small JSON file), a digest is computed
+    once and reused while the file's size and modification time are unchanged."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    known: dict = {}
+    if cache_file is not None and Path(cache_file).is_file():
+        try:
+            known = json.loads(Path(cache_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}  # a damaged cache only costs a re-hash
+    entry = known.get(str(path))
+    if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+        return entry["sha256"]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    if cache_file is not None:
+        from attnmt.utils.io import atomic_write_text
+
+        known[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+        atomic_write_text(cache_file, json.dumps(known, indent=1, sort_keys=True))
+    return digest

@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import sentencepiece as spm
 
@@ -42,11 +44,11 @@ class Tokenizer:
     def tgt_vocab_size(self) -> int:
         return self.tgt.get_piece_size()
 
-    def encode_src(self, lines: list[str]) -> list[list[int]]:
-        return _swapped(self.src.encode(lines), self.src_swap)
+    def encode_src(self, lines: list[str], num_threads: int | None = None) -> list[list[int]]:
+        return _swapped(self.src.encode(lines, num_threads=num_threads), self.src_swap)
 
-    def encode_tgt(self, lines: list[str]) -> list[list[int]]:
-        return _swapped(self.tgt.encode(lines), self.tgt_swap)
+    def encode_tgt(self, lines: list[str], num_threads: int | None = None) -> list[list[int]]:
+        return _swapped(self.tgt.encode(lines, num_threads=num_threads), self.tgt_swap)
 
     def decode_tgt(self, ids: list[list[int]]) -> list[str]:
         return self.tgt.decode(_swapped(ids, self.tgt_swap))
@@ -84,24 +86,48 @@ def _swapped(ids: list[list[int]], swap: bool) -> list[list[int]]:
     return [[i ^ 1 if i < 2 else i for i in seq] for seq in ids]  # 0 <-> 1
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+class Reservoir:
+    """A uniform random sample of at most ``size`` of the lines added, in one pass (Vitter's
+    algorithm R). While no more than ``size`` lines were added: all of them, in their order."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size, self.seen, self.lines = size, 0, []
+        self.rng = random.Random(seed)
+
+    def add(self, line: str) -> None:
+        if self.seen < self.size:
+            self.lines.append(line)
+        else:
+            j = int(self.rng.random() * (self.seen + 1))
+            if j < self.size:
+                self.lines[j] = line
+        self.seen += 1
+
+
+def reservoir_sample(lines: Iterable[str], size: int, seed: int = 0) -> list[str]:
+    reservoir = Reservoir(size, seed)
+    for line in lines:
+        reservoir.add(line)
+    return reservoir.lines
 
 
 def train_sentencepiece(
-    lines: list[str], cache_dir: Path, name: str, settings: dict, source_files: list[Path]
+    lines: Iterable[str], cache_dir: Path, name: str, settings: dict, source_files: list[Path],
+    sample_size: int = 1_000_000,
 ) -> bytes:
     """Train (or load from ``cache_dir``) a sentencepiece model; returns its serialized proto.
 
     The cache key covers the content of ``source_files`` and every setting, so a changed corpus or
-    setting trains a new model while an unchanged one is reused.
+    setting trains a new model while an unchanged one is reused. ``lines`` (any iterable: a
+    stream is read only when no cached model fits) are sampled down to ``sample_size`` non-blank
+    lines, so the corpus is never held in memory.
     """
+    from attnmt.data.io import file_digest
+
+    digests = Path(cache_dir) / "digests.json"
     key_material = json.dumps(
-        {"files": [_file_digest(p) for p in source_files], "settings": settings, "name": name},
+        {"files": [file_digest(p, digests) for p in source_files], "settings": settings, "name": name,
+         **({"sample_size": sample_size} if sample_size != 1_000_000 else {})},
         sort_keys=True,
     )
     key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
@@ -110,9 +136,13 @@ def train_sentencepiece(
         log.info("Reusing sentencepiece model %s", path)
         return path.read_bytes()
     log.info("Training sentencepiece model %s (%s)", path, settings)
+    sample = reservoir_sample((line for line in lines if line.strip()), sample_size)
+    if not sample:
+        raise DataError(f"{', '.join(map(str, source_files))}: no non-blank line to train sentencepiece on")
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "input.txt"
-        text.write_text("".join(line + "\n" for line in lines if line.strip()), encoding="utf-8")
+        text.write_text("".join(line + "\n" for line in sample), encoding="utf-8")
+        del sample
         spm.SentencePieceTrainer.train(
             input=str(text),
             model_prefix=str(Path(tmp) / "spm"),
@@ -121,7 +151,7 @@ def train_sentencepiece(
             character_coverage=settings["character_coverage"],
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
             hard_vocab_limit=False,
-            input_sentence_size=settings.get("input_sentence_size", 1_000_000),
+            input_sentence_size=sample_size,
             shuffle_input_sentence=True,
             num_threads=2,
             minloglevel=2,

@@ -1,0 +1,314 @@
+"""The prepared token store: cache hits and misses, crash safety, dtypes, several corpora, and
+batches identical to the in-memory path."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from attnmt.data import store as store_module
+from attnmt.data.batching import TokenBucketBatchSampler, token_budget_batches
+from attnmt.data.datamodule import ParallelDataset
+from attnmt.data.io import read_parallel
+from attnmt.errors import DataError
+from attnmt.utils.config import build
+
+from conftest import compose_config
+
+WORDS = "house garden tree river dog cat red green small big old new runs sleeps sees near".split()
+
+
+def write_corpus(folder, name: str, n: int, seed: int = 0, gz: bool = False) -> str:
+    """``n`` made-up pairs (the target a noisy copy of the source), some blank and some long."""
+    rng = random.Random(seed)
+    src, tgt = [], []
+    for i in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(1, 12 if i % 50 else 60))]
+        src.append(" ".join(words))
+        tgt.append(" ".join(w.upper() if rng.random() < 0.3 else w for w in words[: rng.randint(1, len(words))]))
+    src[3] = "   "  # blank pairs are dropped and counted
+    folder.mkdir(parents=True, exist_ok=True)
+    for lang, lines in (("de", src), ("en", tgt)):
+        text = "".join(line + "\n" for line in lines).encode()
+        path = folder / f"{name}.{lang}{'.gz' if gz else ''}"
+        path.write_bytes(gzip.compress(text, mtime=0) if gz else text)
+    return str(folder / name)
+
+
+def datamodule(tmp_path, train, *overrides):
+    train_prefix = train if isinstance(train, str) else "[" + ",".join(train) + "]"
+    cfg = compose_config("train", [
+        "data=parallel", f"data.train_prefix={train_prefix}", f"data.valid_prefix={tmp_path}/corpus/dev",
+        "data.src_lang=de", "data.tgt_lang=en", f"data.cache_dir={tmp_path}/cache", "data.vocab_size=60",
+        "data.max_len=30", "data.num_proc=1", *overrides,
+    ], tmp_path)
+    return build(cfg.data, "data")
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    write_corpus(tmp_path / "corpus", "dev", 20, seed=9)
+    return write_corpus(tmp_path / "corpus", "train", 3000)
+
+
+def stores(tmp_path) -> dict[str, float]:
+    return {p.name: (p / "meta.json").stat().st_mtime_ns for p in (tmp_path / "cache").glob("store-*") if p.is_dir()}
+
+
+def test_store_batches_equal_the_in_memory_pipeline(corpus, tmp_path):
+    dm = datamodule(tmp_path, corpus, "data.num_proc=2")
+    dm.prepare_data()
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    # The reference: every line encoded in memory and filtered as before the store existed.
+    src, tgt = read_parallel(f"{corpus}.de", f"{corpus}.en")
+    tok = dm.tokenizer
+    s_ids, t_ids = tok.encode_src(src), tok.encode_tgt(tgt)
+    keep = [i for i in range(len(src)) if s_ids[i] and t_ids[i] and src[i].strip() and tgt[i].strip()
+            and len(s_ids[i]) <= 30 and len(t_ids[i]) <= 30]
+    reference = ParallelDataset([s_ids[i] for i in keep], [t_ids[i] for i in keep])
+    assert dm.stats["train"] == {"pairs": 3000, "kept": len(keep), "blank": 1, "too_long": 3000 - 1 - len(keep)}
+    assert 0 < dm.stats["train"]["too_long"] and len(train) == len(keep)
+    assert train.lengths().tolist() == reference.lengths()
+    assert [tuple(k) for k in train.sort_keys().tolist()] == reference.sort_keys()
+    for batch in TokenBucketBatchSampler(reference.lengths(), 300, seed=4, sort_keys=reference.sort_keys()):
+        got, want = train.collate(batch), reference.collate(batch)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_cache_hit_then_miss_on_changed_content_or_setting(corpus, tmp_path):
+    dm = datamodule(tmp_path, corpus)
+    dm.prepare_data()
+    first = stores(tmp_path)
+    assert len(first) == 1
+    dm = datamodule(tmp_path, corpus)
+    dm.prepare_data()
+    assert stores(tmp_path) == first  # reused, not rewritten
+
+    dm = datamodule(tmp_path, corpus, "data.max_len=20")  # a setting that changes the filter
+    dm.prepare_data()
+    assert len(stores(tmp_path)) == 2
+    dm = datamodule(tmp_path, corpus, "data.max_len_ratio=1.5")
+    dm.prepare_data()
+    assert len(stores(tmp_path)) == 3 and dm.train_stores()[0].stats["uneven"] > 0
+
+    # Same size, later mtime, one word changed: the content digest sees it.
+    path = tmp_path / "corpus" / "train.en"
+    text = path.read_text()
+    path.write_text(text.replace("dog", "cat", 1))
+    dm = datamodule(tmp_path, corpus)
+    dm.prepare_data()
+    assert len(stores(tmp_path)) == 4
+
+
+@pytest.mark.parametrize("crash", [KeyboardInterrupt, MemoryError])
+def test_interrupted_preparation_leaves_nothing_usable(corpus, tmp_path, monkeypatch, crash):
+    monkeypatch.setattr(store_module, "CHUNK_PAIRS", 500)
+    real = store_module._encode_chunk
+    calls = []
+
+    def crash_on_third(chunk):
+        calls.append(1)
+        if len(calls) == 3:
+            raise crash()
+        return real(chunk)
+
+    monkeypatch.setattr(store_module, "_encode_chunk", crash_on_third)
+    with pytest.raises(crash):
+        datamodule(tmp_path, corpus).prepare_data()
+    assert not stores(tmp_path)
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # no half-written folder either
+    monkeypatch.setattr(store_module, "_encode_chunk", real)
+    dm = datamodule(tmp_path, corpus)
+    dm.prepare_data()
+    assert dm.train_stores()[0].num_pairs > 2000
+
+
+@pytest.mark.parametrize("damage", ["truncated tokens", "missing meta", "unknown format"])
+def test_damaged_store_is_rebuilt_with_a_warning(corpus, tmp_path, caplog, damage):
+    dm = datamodule(tmp_path, corpus)
+    dm.prepare_data()
+    folder = dm.train_stores()[0].path
+    expected = dm.train_stores()[0].tokens["tgt"].tolist()
+    if damage == "truncated tokens":
+        data = (folder / "tgt.tokens").read_bytes()
+        (folder / "tgt.tokens").write_bytes(data[: len(data) // 2])
+    elif damage == "missing meta":
+        (folder / "meta.json").unlink()
+    else:
+        meta = (folder / "meta.json").read_text()
+        (folder / "meta.json").write_text(meta.replace('"format": 1', '"format": 99'))
+    with caplog.at_level(logging.WARNING, logger="attnmt.data.store"):
+        dm = datamodule(tmp_path, corpus)
+        dm.prepare_data()
+    assert any("preparing it again" in r.message for r in caplog.records)
+    assert dm.train_stores()[0].path == folder and dm.train_stores()[0].tokens["tgt"].tolist() == expected
+
+
+def test_uint16_and_uint32_stores_give_the_same_batches(corpus, tmp_path, monkeypatch):
+    assert store_module.token_dtype_for(65536) == np.uint16 and store_module.token_dtype_for(65537) == np.uint32
+    small = datamodule(tmp_path, corpus)
+    small.setup("fit")
+    assert small.train_stores()[0].tokens["src"].dtype == np.uint16
+    monkeypatch.setattr(store_module, "token_dtype_for", lambda vocab_size: np.dtype(np.uint32))
+    monkeypatch.setattr(store_module, "FORMAT_VERSION", 2)  # a separate store for the same inputs
+    wide = datamodule(tmp_path, corpus)
+    wide.setup("fit")
+    assert wide.train_stores()[0].tokens["src"].dtype == np.uint32
+    a, b = small.datasets["train"], wide.datasets["train"]
+    indices = list(range(0, len(a), 7))
+    assert all(torch.equal(x, y) for x, y in zip(a.collate(indices).values(), b.collate(indices).values()))
+
+
+def test_several_corpora_with_upsampling(tmp_path):
+    write_corpus(tmp_path / "corpus", "dev", 20, seed=9)
+    a = write_corpus(tmp_path / "corpus", "a", 400, seed=1)
+    b = write_corpus(tmp_path / "corpus", "b", 300, seed=2, gz=True)
+    dm = datamodule(tmp_path, [a, b], "data.train_upsample=[1,3]")
+    dm.setup("fit")
+    first = stores(tmp_path)
+    assert len(first) == 2
+    store_a, store_b = dm.train_stores()
+    train = dm.datasets["train"]
+    assert len(train) == store_a.num_pairs + 3 * store_b.num_pairs
+    assert dm.stats["train"]["corpora"] == 2 and dm.stats["train"]["pairs"] == 700
+
+    # One epoch shows each pair of a once and each pair of b three times, by content.
+    def rows(dataset, indices):
+        batch = dataset.collate(indices)
+        return [tuple(s[s != 0].tolist()) + (-1,) + tuple(t[t != 0].tolist())
+                for s, t in zip(batch["src"], batch["tgt_out"])]
+
+    seen = [r for batch in TokenBucketBatchSampler(train.lengths(), 500, seed=1, sort_keys=train.sort_keys())
+            for r in rows(train, batch)]
+    from attnmt.data.datamodule import TokenStoreDataset
+
+    only_a = rows(TokenStoreDataset([(store_a, 1)]), list(range(store_a.num_pairs)))
+    only_b = rows(TokenStoreDataset([(store_b, 1)]), list(range(store_b.num_pairs)))
+    assert sorted(seen) == sorted(only_a + 3 * only_b)
+
+    # Other upsampling factors: nothing is prepared again.
+    dm = datamodule(tmp_path, [a, b], "data.train_upsample=[2,1]")
+    dm.setup("fit")
+    assert stores(tmp_path) == first and len(dm.datasets["train"]) == 2 * store_a.num_pairs + store_b.num_pairs
+
+    # With a fixed sentencepiece model, adding a corpus prepares only that one. (A model trained
+    # on the corpora changes with them, and with it every corpus's subwords.)
+    model = f"data.spm_model={next((tmp_path / 'cache').glob('spm-*.model'))}"
+    dm = datamodule(tmp_path, [a, b], model)
+    dm.setup("fit")
+    first = stores(tmp_path)
+    c = write_corpus(tmp_path / "corpus", "c", 200, seed=3)
+    dm = datamodule(tmp_path, [a, b, c], "data.train_upsample=2", model)
+    dm.setup("fit")
+    now = stores(tmp_path)
+    assert len(now) == len(first) + 1 and all(now[name] == mtime for name, mtime in first.items())
+    assert len(dm.datasets["train"]) == 2 * sum(s.num_pairs for s in dm.train_stores())
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_shares_of_a_store_are_disjoint_and_complete(corpus, tmp_path, world):
+    dm = datamodule(tmp_path, corpus)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    shares = [list(TokenBucketBatchSampler(train.lengths(), 400, seed=2, num_replicas=world, rank=r,
+                                           sort_keys=train.sort_keys())) for r in range(world)]
+    assert len({len(s) for s in shares}) == 1
+    assert sorted(i for s in shares for b in s for i in b) == list(range(len(train)))
+
+
+def test_vectorised_sampler_equals_the_per_example_reference():
+    """The plan as the sampler made it one example at a time with ``random.Random``."""
+    rng = random.Random(0)
+    src = [rng.randint(1, 40) for _ in range(3000)]
+    tgt = [rng.randint(2, 40) for _ in range(3000)]
+    cost = [max(s, t - 1) for s, t in zip(src, tgt)]
+    keys = list(zip(cost, tgt, src))
+    for seed, epoch, world in ((0, 0, 1), (3, 1, 2), (5, 7, 3)):
+        r = random.Random(seed * 1_000_003 + epoch)
+        draws = [r.random() for _ in cost]
+        order = sorted(range(len(cost)), key=lambda i: (keys[i], draws[i]))
+        batches = token_budget_batches(cost, 333, order)
+        while len(batches) % world:
+            k = max(range(len(batches)), key=lambda b: len(batches[b]))
+            batches[k : k + 1] = [batches[k][: len(batches[k]) // 2], batches[k][len(batches[k]) // 2 :]]
+        r.shuffle(batches)
+        for rank in range(world):
+            sampler = TokenBucketBatchSampler(np.array(cost, np.uint16), 333, seed=seed, num_replicas=world,
+                                              rank=rank, sort_keys=np.array(keys, np.uint16))
+            sampler.set_epoch(epoch)
+            assert list(sampler) == batches[rank::world]
+
+
+def test_exact_resume_across_an_epoch_boundary():
+    lengths = np.random.default_rng(0).integers(1, 30, 800)
+    def sampler():
+        return TokenBucketBatchSampler(lengths, 120, seed=6, num_replicas=2, rank=1)
+    full = sampler()
+    epochs = []
+    for epoch in range(3):
+        full.set_epoch(epoch)
+        epochs.append(list(full))
+    n = len(epochs[0])
+    for epoch, taken in ((0, 5), (0, n), (1, 0), (1, n - 1)):  # mid-epoch, at its end, at the next's start
+        resumed = sampler()
+        resumed.resume_from(epoch=epoch, batches_taken=taken)
+        rest = list(resumed)
+        assert rest == epochs[epoch][taken:]
+        resumed.set_epoch(epoch + 1)  # the following epoch is whole
+        assert list(resumed) == epochs[epoch + 1]
+
+
+def bad_line_far_into_gzip(tmp_path, line: int):
+    write_corpus(tmp_path / "corpus", "dev", 20, seed=9)
+    prefix = write_corpus(tmp_path / "corpus", "train", 60_000, gz=True)
+    path = tmp_path / "corpus" / "train.en.gz"
+    rows = gzip.decompress(path.read_bytes()).split(b"\n")
+    rows[line - 1] = b"caf\xe9 \xff"
+    path.write_bytes(gzip.compress(b"\n".join(rows)))
+    return prefix, path
+
+
+@pytest.mark.parametrize("stage", ["sentencepiece", "store"])
+def test_bad_utf8_far_into_a_gzip_file_is_named_with_its_line(tmp_path, stage):
+    prefix, path = bad_line_far_into_gzip(tmp_path, 54_321)
+    overrides = ["data.num_proc=2"]
+    if stage == "store":  # a model trained elsewhere: the first to read the training split is the store
+        good = write_corpus(tmp_path / "other", "train", 500)
+        dm = datamodule(tmp_path / "other", good)
+        dm.build_tokenizer()
+        overrides.append(f"data.spm_model={next((tmp_path / 'other' / 'cache').glob('spm-*.model'))}")
+    with pytest.raises(DataError, match=rf"^{path}: line 54321 is not valid UTF-8$"):
+        datamodule(tmp_path, prefix, *overrides).prepare_data()
+    assert not stores(tmp_path) and not list((tmp_path / "cache").glob(".tmp-*"))
+
+
+def test_line_count_mismatch_and_empty_corpus_found_while_streaming(corpus, tmp_path):
+    good = write_corpus(tmp_path / "other", "train", 500)
+    dm = datamodule(tmp_path / "other", good)
+    dm.build_tokenizer()
+    model = f"data.spm_model={next((tmp_path / 'other' / 'cache').glob('spm-*.model'))}"
+    src = tmp_path / "corpus" / "train.de"
+    src.write_bytes(src.read_bytes() + b"one more line\n")
+    with pytest.raises(DataError, match=r"train\.de has 3001 lines but .*train\.en has 3000"):
+        datamodule(tmp_path, corpus, model).prepare_data()
+    for lang in ("de", "en"):
+        (tmp_path / "corpus" / f"train.{lang}").write_bytes(b"")
+    with pytest.raises(DataError, match=r"train\.de and .*train\.en are empty"):
+        datamodule(tmp_path, corpus, model).prepare_data()
+    assert not stores(tmp_path)
+
+
+def test_dataloader_workers_read_the_store_like_the_main_process(corpus, tmp_path):
+    batches = {}
+    for workers in (0, 2):
+        dm = datamodule(tmp_path, corpus, f"data.num_workers={workers}")
+        dm.setup("fit")
+        batches[workers] = [b for _, b in zip(range(5), dm.train_dataloader())]
+    for a, b in zip(batches[0], batches[2]):
+        assert all(torch.equal(a[k], b[k]) for k in a)
