@@ -25,7 +25,7 @@ from attnmt.data.store import TokenStore, file_lock, open_or_build
 from attnmt.data.synthetic import SRC_LANG, TGT_LANG, ensure_synthetic
 from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Reservoir, Tokenizer, train_sentencepiece
 from attnmt.errors import ConfigError, DataError
-from attnmt.utils.schema import Gt, Le, NonNegativeInt, PositiveInt
+from attnmt.utils.schema import Ge, Gt, Le, NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +209,9 @@ class TranslationDataModule(pl.LightningDataModule):
         num_workers: NonNegativeInt = 0,
         seed: int = 0,
         spm_model: str | None = None,
-        max_len_ratio: float | None = None,
-        num_proc: int | None = None,
-        spm_sample_size: int = 1_000_000,
+        max_len_ratio: Annotated[float, Ge(1)] | None = None,
+        num_proc: NonNegativeInt | None = None,
+        spm_sample_size: PositiveInt = 1_000_000,
     ):
         super().__init__()
         if max_len + 1 > max_tokens:
