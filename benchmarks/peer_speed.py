@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -30,19 +29,11 @@ import sys
 import time
 from pathlib import Path
 
+from attnmt.utils.provenance import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "bench" / "joeynmt"
 WINDOW = re.compile(r"Tokens per Sec:\s+(\d+)")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run_peer(python: Path, work: Path, model: str, seconds: float) -> dict:
@@ -100,7 +91,7 @@ def main() -> None:
     if not python.is_file() or not (work / "data").is_dir():
         sys.exit(f"error: --work {work}: no Joey NMT venv or data there; set them up with "
                  f"`MODELS=\"\" bash {os.path.relpath(BENCH, Path.cwd())}/run.sh ../shared/data/multi30k {work}`")
-    results = {"peer": "joeynmt 2.3.0", "machine": {"cpu": cpu_model(), "cpus": os.cpu_count()}, "models": {}}
+    results = {"peer": "joeynmt 2.3.0", "machine": {"cpu": cpu_name(), "cpus": os.cpu_count()}, "models": {}}
     for model in args.models:
         print(f"[{model}] joeynmt train for {args.seconds:.0f} s ...", file=sys.stderr, flush=True)
         results["models"][model] = r = run_peer(python, work, model, args.seconds)

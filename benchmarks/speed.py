@@ -428,15 +428,10 @@ def main() -> None:
 def machine() -> dict:
     import torch
 
-    cpu, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    from attnmt.utils.precision import cpu_flags
+    from attnmt.utils.provenance import cpu_name
+
+    cpu, flags = cpu_name(), cpu_flags()
     isa = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx2") if f in flags]
     return {"cpus": os.cpu_count(), "cpu": cpu, "isa": isa, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads()}
