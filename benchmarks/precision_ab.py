@@ -34,8 +34,8 @@ def main() -> None:
 
     import torch
 
-    from attnmt.loss import smoothed_cross_entropy
-    from attnmt.utils.config import build
+    from attnmt.models import build_model
+    from attnmt.ops import smoothed_cross_entropy
     from attnmt.utils.precision import cpu_bf16
     from speed import MODELS, compose
 
@@ -43,7 +43,7 @@ def main() -> None:
     for name in args.models:
         cfg = compose(MODELS[name])
         torch.manual_seed(0)
-        model = build(cfg.model, "model", src_vocab_size=V, tgt_vocab_size=V, joint_vocab=True).train()
+        model = build_model(cfg.model, V, V, joint_vocab=True).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
         src = torch.randint(4, V, (B, LEN))
         mask = torch.ones(B, LEN, dtype=torch.bool)

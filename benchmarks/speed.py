@@ -50,20 +50,9 @@ SHARED = ROOT.parent / "shared"
 MULTI30K = SHARED / "data" / "multi30k"
 PEER_SPM = SHARED / "bench" / "joeynmt" / "spm" / "spm8k.model"
 
-# Joey NMT 2.3.0, same machine kind (../shared/bench/joeynmt/RESULTS.md).
-REFERENCE = {
-    "rnn": {"train_tok_s": 2001, "peak_rss_mib": 1872, "greedy_sent_s": 202, "beam5_sent_s": 71.3, "params": 8049920},
-    "transformer": {"train_tok_s": 963, "peak_rss_mib": 2505, "greedy_sent_s": 4.6, "beam5_sent_s": 12.5,
-                    "params": 7578624},
-}
-# The reference sizes (issue 6), as overrides of conf/model.
-MODELS = {
-    "rnn": ["model=rnn_bahdanau", "model.rnn_type=gru", "model.emb_size=256", "model.hidden_size=256",
-            "model.encoder_hidden_size=256", "model.dropout=0.3"],
-    "transformer": ["model=transformer", "model.d_model=256", "model.num_heads=4", "model.d_ff=1024",
-                    "model.encoder_layers=3", "model.decoder_layers=3", "model.tie_embeddings=true",
-                    "model.dropout=0.1"],
-}
+# The peer's figures on the same machine kind, and the reference sizes: the experiment configs.
+REFERENCE = json.loads((Path(__file__).resolve().parent / "reference" / "joeynmt.json").read_text())
+MODELS = {"rnn": ["experiment=multi30k_rnn_ref"], "transformer": ["experiment=multi30k_transformer_ref"]}
 
 
 def data_overrides() -> tuple[list[str], str]:
@@ -72,7 +61,7 @@ def data_overrides() -> tuple[list[str], str]:
                  "data.max_len=100"], "multi30k de-en, peer's spm8k")
     print(f"NOTE: {MULTI30K} or {PEER_SPM} not found: using the embedded corpus; figures are not comparable "
           "with the reference table", file=sys.stderr)
-    return ["data=synthetic", "data.max_tokens=4096"], "embedded synthetic corpus"
+    return ["data=synthetic", "data.max_tokens=4096", "data.spm_model=null"], "embedded synthetic corpus"
 
 
 def peak_rss_mib() -> float:
@@ -80,16 +69,9 @@ def peak_rss_mib() -> float:
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from attnmt.utils.config import compose as compose_config
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_config("train", overrides, ROOT / "conf")
 
 
 # -- FLOPs -----------------------------------------------------------------------------------------
@@ -138,21 +120,29 @@ class GemmCounter:
     def __init__(self, model):
         from torch import nn
 
+        from attnmt import ops
         from attnmt.models.rnn import RNNEncoder, RNNSeq2Seq
 
         self.flops, self.shapes = 0.0, set()
-        if isinstance(model, RNNSeq2Seq):  # its decoder steps its nn.GRU/nn.LSTM's weights by hand
-            step = model.rnn_step
+        if isinstance(model, RNNSeq2Seq) and ops.enabled():  # its decoder steps its nn.GRU/nn.LSTM's weights by hand
+            make_step, counter = model.rnn_step, self
 
-            def counted_step(x_emb, rest, state, weights):
-                self._count(model.rnn, x_emb.shape[0], model.rnn.input_size)
-                return step(x_emb, rest, state, weights)
+            class CountedStep:
+                def __init__(self, step):
+                    self.step = step
 
-            model.rnn_step = counted_step
+                def inputs(self, x):
+                    return self.step.inputs(x)
+
+                def __call__(self, x, extra, state):
+                    counter._count(model.rnn, x.shape[0], model.rnn.input_size)
+                    return self.step(x, extra, state)
+
+            model.rnn_step = lambda: CountedStep(make_step())
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 module.register_forward_hook(self._linear)
-            elif isinstance(module, RNNEncoder):  # runs its nn.GRU's weights without calling it
+            elif isinstance(module, RNNEncoder) and ops.enabled():  # runs its nn.GRU's weights without calling it
                 module.register_forward_hook(self._encoder)
             elif isinstance(module, nn.RNNBase):
                 module.register_forward_hook(self._rnn)
@@ -188,37 +178,28 @@ def best_gemm_rate(shapes: set[tuple[int, int]], rows=(1024, 4096), dtype: str =
 def train_worker(args) -> dict:
     import pytorch_lightning as pl
     import torch
-    from omegaconf import OmegaConf
 
     from attnmt.data.tokenizer import PAD_ID
-    from attnmt.training import build_model
-    from attnmt.utils.config import build
-
+    from attnmt.training import build_run
     from attnmt.utils.allocator import keep_freed_memory
 
     keep_freed_memory()  # as train.py does
     overrides, _ = data_overrides()
-    cfg = compose([*overrides, *MODELS[args.model], f"paths.output_dir={args.workdir}"])
-    pl.seed_everything(1, verbose=False)
-    dm = build(cfg.data, "data")
-    dm.prepare_data()
-    dm.setup("fit")
-    model = build_model(cfg.model, dm)
-    task = build(cfg.task, "task", _partial_=True)(
-        model=model, optimizer=build(cfg.optimizer, "optimizer"), scheduler=build(cfg.scheduler, "scheduler"),
-        tokenizer=dm.tokenizer, train_config=OmegaConf.to_container(cfg, resolve=True),
-    )
-    shape = {"d_model": cfg.model.get("d_model"), "d_ff": cfg.model.get("d_ff"), "vocab": dm.tokenizer.tgt_vocab_size,
-             "encoder_layers": cfg.model.get("encoder_layers"), "decoder_layers": cfg.model.get("decoder_layers")}
+    cfg = compose([
+        *MODELS[args.model], *overrides, f"paths.output_dir={args.workdir}", "seed=1",
+        f"trainer.max_steps={args.warmup + args.steps + 1}", f"trainer.precision={args.precision}",
+        "trainer.max_time=null", "+trainer.limit_val_batches=0", "+trainer.enable_checkpointing=false",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "~callbacks", "~logger",
+    ])
     steps: list[dict] = []
-    counter = GemmCounter(model)  # the forward's matrix multiplies, all models
 
     class Timer(pl.Callback):
         last = None
+        counter = shape = None  # set once the model is built
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             now = time.perf_counter()
-            forward_flops, counter.flops = counter.flops, 0.0
+            forward_flops, self.counter.flops = self.counter.flops, 0.0
             if self.last is not None:
                 steps.append({
                     "gemm_flops": 3 * forward_flops,  # backward = 2 x forward
@@ -227,16 +208,18 @@ def train_worker(args) -> dict:
                     "tgt_slots": batch["tgt_out"].numel(),
                     "src_tokens": int(batch["src_mask"].sum()),
                     "src_slots": batch["src"].numel(),
-                    "flops": transformer_step_flops(shape, batch) if args.model == "transformer" else None,
+                    "flops": transformer_step_flops(self.shape, batch) if args.model == "transformer" else None,
                 })
             self.last = now
 
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=args.warmup + args.steps + 1, limit_val_batches=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        gradient_clip_val=cfg.trainer.gradient_clip_val, callbacks=[Timer()], use_distributed_sampler=False,
-        precision=args.precision,
-    )
+    pl.seed_everything(1, verbose=False)
+    timer = Timer()
+    dm, task, trainer = build_run(cfg, callbacks=[timer])
+    model = task.model
+    shape = {"d_model": cfg.model.get("d_model"), "d_ff": cfg.model.get("d_ff"), "vocab": dm.tokenizer.tgt_vocab_size,
+             "encoder_layers": cfg.model.get("encoder_layers"), "decoder_layers": cfg.model.get("decoder_layers")}
+    counter = GemmCounter(model)  # the forward's matrix multiplies, all models
+    timer.counter, timer.shape = counter, shape
     trainer.fit(task, datamodule=dm)
     timed = steps[args.warmup:]
     rates = [s["tgt_tokens"] / s["seconds"] for s in timed]

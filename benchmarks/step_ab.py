@@ -87,7 +87,11 @@ def build(package: str, model_name: str):
 
     cfg = speed.compose(speed.MODELS[model_name])
     model_cfg = retarget(OmegaConf.to_container(cfg.model, resolve=True), package)
-    model = instantiate(model_cfg, src_vocab_size=V, tgt_vocab_size=V, joint_vocab=True)
+    build_model = getattr(importlib.import_module(f"{package}.models"), "build_model", None)
+    if build_model is not None:
+        model = build_model(model_cfg, V, V, joint_vocab=True)
+    else:  # versions before attnmt.models.build_model passed joint_vocab to every model
+        model = instantiate(model_cfg, src_vocab_size=V, tgt_vocab_size=V, joint_vocab=True)
     optim_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     optim = importlib.import_module(f"{package}.optim")
     prefer_fused = getattr(optim, "prefer_fused", None)
@@ -96,7 +100,10 @@ def build(package: str, model_name: str):
     factory = instantiate(optim_cfg)
     if prefer_fused is not None:
         factory = prefer_fused(factory, "32-true", "cpu")
-    loss = importlib.import_module(f"{package}.loss").smoothed_cross_entropy
+    try:
+        loss = importlib.import_module(f"{package}.ops").smoothed_cross_entropy
+    except ModuleNotFoundError:  # versions before attnmt.ops
+        loss = importlib.import_module(f"{package}.loss").smoothed_cross_entropy
     return model, factory, loss
 
 

@@ -6,14 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from attnmt.training import train
-from attnmt.utils.config import build
+from attnmt.models import build_model
+from attnmt.utils.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -31,15 +29,7 @@ TINY_MODEL = {
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path | None = None) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` exactly as the entry point would, with overrides."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as in a real run: the app's config does not hold Hydra's own
-        if output_dir is not None:
-            cfg.paths.output_dir = str(output_dir)
-    return cfg
+    return compose(config_name, overrides, CONF, output_dir)
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +64,7 @@ def build_tiny_model(name: str, vocab_size: int = 50, overrides: list[str] = (),
     """A model from its real config, with small sizes and a made-up vocabulary size."""
     cfg = compose_config("train", [f"model={name}", *TINY_MODEL[name], f"model.dropout={dropout}", *overrides])
     torch.manual_seed(0)
-    model = build(cfg.model, "model", src_vocab_size=vocab_size, tgt_vocab_size=vocab_size, joint_vocab=True)
+    model = build_model(cfg.model, vocab_size, vocab_size, joint_vocab=True)
     return model.eval()
 
 

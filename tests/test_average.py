@@ -32,7 +32,7 @@ def linear(**kwargs) -> LinearDecayWarmup:
 def test_linear_schedule_warms_up_then_reaches_min_lr_after_the_last_update():
     assert lrs_of(linear(total_steps=10, warmup_steps=2), 12) == pytest.approx(
         [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0, 0.0])
-    assert lrs_of(linear(total_steps=4, min_lr=0.2), 6) == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.2])
+    assert lrs_of(linear(total_steps=4, warmup_steps=0, min_lr=0.2), 6) == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.2])
 
 
 @pytest.mark.parametrize("kwargs,key", [({"total_steps": -1}, "total_steps"), ({"total_steps": 5, "warmup_steps": 5}, "warmup_steps"),

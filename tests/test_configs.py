@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
 from attnmt.errors import ConfigError
-from attnmt.models.base import Seq2Seq
+from attnmt.models import Seq2Seq, build_model
 from attnmt.utils.config import build
 
 from attnmt.training import resolve_precision
@@ -26,7 +26,7 @@ def test_model_group_holds_the_three_families():
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_config_builds_a_seq2seq_model(name):
     cfg = compose_config("train", [f"model={name}"])
-    model = instantiate(cfg.model, src_vocab_size=100, tgt_vocab_size=100, joint_vocab=True)
+    model = build_model(cfg.model, 100, 100, joint_vocab=True)
     assert isinstance(model, Seq2Seq) and model.num_parameters() > 0
 
 

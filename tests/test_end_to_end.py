@@ -15,7 +15,7 @@ from conftest import MODELS, ROOT, compose_config
 from attnmt.compare import compare
 from attnmt.evaluation import evaluate
 from attnmt.metrics import bleu
-from attnmt.training import build_model
+from attnmt.training import build_model_for
 from attnmt.translate import DecodeSettings, translate_dataset
 from attnmt.utils.config import build
 
@@ -32,7 +32,7 @@ def untrained_bleu(cfg) -> float:
     dm = build(cfg.data, "data")
     dm.prepare_data()
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, dm).eval()
+    model = build_model_for(cfg.model, dm).eval()
     dataset = dm.eval_dataset("test")
     nbest = translate_dataset(model, dataset, DecodeSettings(beam_size=1, batch_tokens=4000), progress=False)
     hyps = dm.tokenizer.decode_tgt([h[0].tokens for h in nbest])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnmt.checkpoint import load_for_decoding
-from attnmt.data.datamodule import encode_for_eval
+from attnmt.data.dataset import encode_for_eval
 from attnmt.data.io import read_parallel
 from attnmt.search import beam_search, greedy_search, length_penalty, max_output_lengths, score_hypotheses
 

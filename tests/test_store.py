@@ -13,7 +13,7 @@ import torch
 
 from attnmt.data import store as store_module
 from attnmt.data.batching import TokenBucketBatchSampler, token_budget_batches
-from attnmt.data.datamodule import ParallelDataset
+from attnmt.data.dataset import ParallelDataset
 from attnmt.data.io import read_parallel
 from attnmt.errors import DataError
 from attnmt.utils.config import build
@@ -186,7 +186,7 @@ def test_several_corpora_with_upsampling(tmp_path):
 
     seen = [r for batch in TokenBucketBatchSampler(train.lengths(), 500, seed=1, sort_keys=train.sort_keys())
             for r in rows(train, batch)]
-    from attnmt.data.datamodule import TokenStoreDataset
+    from attnmt.data.dataset import TokenStoreDataset
 
     only_a = rows(TokenStoreDataset([(store_a, 1)]), list(range(store_a.num_pairs)))
     only_b = rows(TokenStoreDataset([(store_b, 1)]), list(range(store_b.num_pairs)))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from attnmt.data.batching import TokenBucketBatchSampler
-from attnmt.data.datamodule import ParallelDataset, pad
+from attnmt.data.dataset import ParallelDataset, pad
 from attnmt.data.io import read_lines
 from attnmt.data.tokenizer import PAD_ID, Tokenizer
 from attnmt.errors import ConfigError, DataError

@@ -9,9 +9,8 @@ import torch
 
 from attnmt.data.tokenizer import Tokenizer
 from attnmt.errors import CheckpointError
-from attnmt.models.base import Seq2Seq
+from attnmt.models import Seq2Seq, build_model
 from attnmt.task import CHECKPOINT_KEY
-from attnmt.utils.config import build
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +75,7 @@ def load_for_decoding(path: str | Path) -> tuple[Seq2Seq, Tokenizer, dict, Path]
         config["model"]["_target_"]
     except Exception as e:  # a hand-edited or foreign 'attnmt' entry
         raise CheckpointError(f"{path}: damaged '{CHECKPOINT_KEY}' entry ({type(e).__name__}: {str(e)[:120]})") from None
-    model = build(
-        config["model"], "model", src_vocab_size=tokenizer.src_vocab_size,
-        tgt_vocab_size=tokenizer.tgt_vocab_size, joint_vocab=tokenizer.joint,
-    )
+    model = build_model(config["model"], tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     check_weights(path, model.state_dict(), state, tokenizer)
     model.load_state_dict(state)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from attnmt.alignment import alignment_error_rate, attention_links, format_links, layer_index, read_gold
 from attnmt.checkpoint import load_for_decoding
-from attnmt.data.datamodule import ParallelDataset, encode_for_eval
+from attnmt.data.dataset import ParallelDataset, encode_for_eval
 from attnmt.data.io import read_parallel
 from attnmt.data.tokenizer import EOS_ID, Tokenizer
 from attnmt.errors import ConfigError, DataError

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from attnmt.alignment import Link, layer_index, merge_to_words, word_ids, words
-from attnmt.data.datamodule import ParallelDataset
+from attnmt.data.dataset import ParallelDataset
 from attnmt.data.tokenizer import Tokenizer
 from attnmt.errors import ConfigError
 from attnmt.models.base import Seq2Seq

@@ -1,4 +1,11 @@
-"""Learning-rate schedules, stepped once per optimizer step."""
+"""Learning-rate schedules, stepped once per optimizer step.
+
+Every schedule is a :class:`Schedule`: a ``LambdaLR`` whose factor depends on the update number
+and, for some, on two more things the training task reports through the same two methods:
+:meth:`Schedule.tick` (the wall-clock time, for a schedule with a time budget) before each update
+and :meth:`Schedule.observe` (the validation score, for a schedule that follows it) after each
+validation. Those that do not need them inherit the methods that do nothing.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +36,28 @@ def prefer_fused(factory: Callable[..., Optimizer], precision: str, device_type:
     return functools.partial(factory, fused=fused)
 
 
-class InverseSqrtWarmup(LambdaLR):
+class Schedule(LambdaLR):
+    """A learning-rate factor per update, with the two reports the training task makes."""
+
+    follows_clock = False  # True: wants tick() with rank 0's clock before each update
+
+    def elapsed(self) -> float:
+        """Seconds of this schedule so far (across resumes), for a schedule that follows the clock."""
+        return 0.0
+
+    def tick(self, now: float | None = None) -> None:
+        """The time (seconds, rank 0's, see :meth:`elapsed`) the next update's factor uses."""
+
+    def observe(self, score: float) -> None:
+        """One validation's score (higher is better)."""
+
+
+class InverseSqrtWarmup(Schedule):
     """Vaswani et al. (2017) section 5.3 ("Noam"): linear warm-up for ``warmup_steps``, then decay
     with the inverse square root of the step. Normalised so that the peak (at the end of warm-up)
     is the optimizer's ``lr``: ``lr * min(step / warmup, sqrt(warmup / step))``."""
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: PositiveInt = 4000):
+    def __init__(self, optimizer: Optimizer, warmup_steps: PositiveInt = 100):
         if warmup_steps < 1:
             raise ConfigError(f"scheduler.warmup_steps={warmup_steps} must be >= 1")
         self.warmup_steps = warmup_steps
@@ -45,7 +68,7 @@ class InverseSqrtWarmup(LambdaLR):
         return min(step / self.warmup_steps, (self.warmup_steps / step) ** 0.5)
 
 
-class ConstantWarmup(LambdaLR):
+class ConstantWarmup(Schedule):
     """Linear warm-up for ``warmup_steps``, then the optimizer's ``lr`` unchanged."""
 
     def __init__(self, optimizer: Optimizer, warmup_steps: NonNegativeInt = 0):
@@ -58,7 +81,7 @@ class ConstantWarmup(LambdaLR):
         return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
 
 
-class LinearDecayWarmup(LambdaLR):
+class LinearDecayWarmup(Schedule):
     """Linear warm-up for ``warmup_steps``, then a straight line from the optimizer's ``lr`` down to
     ``min_lr`` at the end of the run's budget (and ``min_lr`` after it). For a fixed budget,
     decaying to (near) zero exactly when it ends anneals the last epochs instead of stopping at a
@@ -73,7 +96,7 @@ class LinearDecayWarmup(LambdaLR):
     distributed run uses the same rate.
     """
 
-    def __init__(self, optimizer: Optimizer, total_steps: int | None = None, warmup_steps: NonNegativeInt = 0,
+    def __init__(self, optimizer: Optimizer, total_steps: int | None = None, warmup_steps: NonNegativeInt = 100,
                  min_lr: NonNegativeFloat = 0.0, total_time: float | str | None = None):
         self.total_time = parse_duration(total_time, "scheduler.total_time")
         self.total_steps = total_steps if total_steps is not None and total_steps >= 0 else None
@@ -92,6 +115,7 @@ class LinearDecayWarmup(LambdaLR):
         # The clock: seconds before this process (from a resumed state) plus this process's own.
         self.elapsed_before, self.now, self.warmup_end_time = 0.0, None, None
         self._started = time.monotonic()
+        self.follows_clock = self.total_time is not None
         super().__init__(optimizer, self.factor)
 
     def elapsed(self) -> float:
@@ -149,7 +173,7 @@ def parse_duration(value: float | str | None, key: str) -> float | None:
     return seconds
 
 
-class PlateauWarmup(LambdaLR):
+class PlateauWarmup(Schedule):
     """Linear warm-up for ``warmup_steps``, then the optimizer's ``lr``, multiplied by ``factor``
     each time more than ``patience`` validations in a row bring no better BLEU, never below
     ``min_lr`` (the "plateau" schedule of Joey NMT and fairseq's ``reduce_lr_on_plateau``).

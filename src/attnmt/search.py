@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnmt.data.datamodule import pad
+from attnmt.data.dataset import pad
 from attnmt.data.tokenizer import BOS_ID, EOS_ID
 from attnmt.models.base import Seq2Seq, State, select_batch
 

@@ -13,15 +13,18 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from attnmt import ops
+
 from attnmt.data.tokenizer import PAD_ID, Tokenizer
-from attnmt.errors import ConfigError, TrainingError
+from attnmt.errors import ConfigError
 from attnmt.utils.schema import Fraction, PositiveFloat
-from attnmt.loss import smoothed_cross_entropy
 from attnmt.metrics import bleu
 from attnmt.models.base import Seq2Seq
-from attnmt.optim import prefer_fused
+from attnmt.nonfinite import POLICIES, NonFiniteGuard
+from attnmt.optim import Schedule, prefer_fused
 from attnmt.search import greedy_search
 from attnmt.utils.provenance import hardware, provenance
 from attnmt.utils.rng import get_rng_state, set_rng_state
@@ -30,7 +33,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "attnmt"
 CHECKPOINT_FORMAT = 1
-NONFINITE = ("stop", "skip")
 
 
 class TranslationTask(pl.LightningModule):
@@ -48,16 +50,15 @@ class TranslationTask(pl.LightningModule):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"task.label_smoothing={label_smoothing} must be in [0, 1)")
-        if nonfinite not in NONFINITE:
-            raise ConfigError(f"task.nonfinite={nonfinite!r} is not one of {', '.join(NONFINITE)}")
+        if nonfinite not in POLICIES:
+            raise ConfigError(f"task.nonfinite={nonfinite!r} is not one of {', '.join(POLICIES)}")
         self.model = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.tokenizer = tokenizer
         self.train_config = train_config or {}
         self.label_smoothing = label_smoothing
         self.max_len_ratio = max_len_ratio
-        self.nonfinite = nonfinite
-        self.skipped_batches = 0  # batches skipped for a non-finite loss or gradient (nonfinite=skip)
+        self.guard = NonFiniteGuard(nonfinite)
         self._rng_to_restore: dict | None = None
         self._grad_norm: Tensor | None = None  # this update's gradient norm, for clipping
         self._val_outputs: list[tuple[list[int], list[list[int]]]] = []
@@ -66,7 +67,11 @@ class TranslationTask(pl.LightningModule):
         """Summed token cross-entropy over non-padding targets, and the number of those tokens."""
         logits = self.model(batch["src"], batch["src_mask"], batch["tgt_in"])  # (B, T, V)
         target = batch["tgt_out"]  # (B, T)
-        loss = smoothed_cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), label_smoothing, PAD_ID)
+        logits, target = logits.reshape(-1, logits.size(-1)), target.reshape(-1)  # (B*T, V), (B*T,)
+        if ops.enabled():
+            loss = ops.smoothed_cross_entropy(logits, target, label_smoothing, PAD_ID)  # one (B*T, V) buffer
+        else:
+            loss = F.cross_entropy(logits, target, ignore_index=PAD_ID, label_smoothing=label_smoothing, reduction="sum")
         return loss, (target != PAD_ID).sum()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
@@ -76,12 +81,13 @@ class TranslationTask(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=int(ntokens))
         if not torch.isfinite(loss):
             self.log("train/grad_norm", float("nan"))
-            return self._non_finite(f"loss is {loss.item()}", batch)
+            self.skip_batch(f"loss is {loss.item()}", batch)
+            return None  # Lightning makes no update
         return loss
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         scheduler = self.lr_schedulers()
-        if getattr(scheduler, "total_time", None) is not None:  # a schedule that follows the clock
+        if isinstance(scheduler, Schedule) and scheduler.follows_clock:
             # Rank 0's clock for every process, so that all of them apply the same learning rate.
             scheduler.tick(self.trainer.strategy.broadcast(scheduler.elapsed(), src=0))
 
@@ -91,14 +97,13 @@ class TranslationTask(pl.LightningModule):
         # expects and skips such steps itself.
         if str(self.trainer.precision).startswith("16"):
             return
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:  # training_step skipped this batch
+        norm = self.guard.gradient_norm(self.parameters())
+        if norm is None:  # training_step skipped this batch
             return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         self.log("train/grad_norm", norm)
         self._grad_norm = norm  # reused by configure_gradient_clipping, which Lightning calls next
         if not torch.isfinite(norm):
-            self._non_finite(f"gradient norm is {norm.item()}", None)
+            self.skip_batch(f"gradient norm is {norm.item()}", None)
             optimizer.zero_grad(set_to_none=True)  # nonfinite=skip: parameters without a gradient are not updated
 
     def configure_gradient_clipping(
@@ -127,30 +132,14 @@ class TranslationTask(pl.LightningModule):
         else:
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
-    def _non_finite(self, what: str, batch: dict[str, Tensor] | None) -> None:
-        """Stop the run naming the step and the checkpoint to go back to, or (nonfinite=skip) count
-        the batch as skipped. Returning None from training_step skips Lightning's update."""
-        step = self.trainer.global_step
-        size = "" if batch is None else f" (batch of {batch['src'].size(0)} sentences)"
-        if self.nonfinite == "stop":
-            raise TrainingError(
-                f"step {step}: {what}{size}; training stopped. Last good checkpoint: {self._last_checkpoint()}. "
-                "Lower optimizer.lr, or set task.nonfinite=skip to skip such batches"
-            )
-        self.skipped_batches += 1
-        log.warning("step %d: %s%s; skipped (%d so far)", step, what, size, self.skipped_batches)
-        self.log("train/skipped_batches", float(self.skipped_batches))
-        return None
+    def skip_batch(self, what: str, batch: dict[str, Tensor] | None) -> None:
+        """A non-finite loss or gradient: the guard stops the run or counts the batch as skipped."""
+        self.guard.trip(self.trainer, what, batch)
+        self.log("train/skipped_batches", float(self.guard.skipped_batches))
 
-    def _last_checkpoint(self) -> str:
-        saved = [
-            (cb.last_saved_step, str(cb.path)) for cb in self.trainer.checkpoint_callbacks
-            if getattr(cb, "last_saved_step", None) is not None
-        ]
-        if not saved:
-            return "none written yet"
-        step, path = max(saved)
-        return f"{path} (step {step})"
+    @property
+    def skipped_batches(self) -> int:
+        return self.guard.skipped_batches
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         nll, ntokens = self.loss(batch, label_smoothing=0.0)
@@ -183,7 +172,7 @@ class TranslationTask(pl.LightningModule):
         score = bleu(self.tokenizer.decode_tgt(hyp_ids), references)
         self.log("val/bleu", score, prog_bar=True, sync_dist=True)  # equal on every rank
         scheduler = self.lr_schedulers()
-        if hasattr(scheduler, "observe"):  # a schedule that follows validation (scheduler=plateau)
+        if isinstance(scheduler, Schedule):
             scheduler.observe(score)
 
     def configure_optimizers(self):
@@ -199,21 +188,11 @@ class TranslationTask(pl.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Everything needed to decode without the training data: the resolved config and the
-        # sentencepiece models themselves.
-        checkpoint[CHECKPOINT_KEY] = {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.train_config,
-            "tokenizer": self.tokenizer.state() if self.tokenizer is not None else None,
-            "num_parameters": self.model.num_parameters(),
-            "provenance": {**provenance(), "hardware": hardware(self.trainer)},
-            "rng": get_rng_state(),
-            "skipped_batches": self.skipped_batches,
-        }
+        checkpoint[CHECKPOINT_KEY] = checkpoint_metadata(self)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get(CHECKPOINT_KEY, {})
-        self.skipped_batches = meta.get("skipped_batches", 0)
+        self.guard.skipped_batches = meta.get("skipped_batches", 0)
         # Applied when training starts, after everything else that restoring does.
         self._rng_to_restore = meta.get("rng")
 
@@ -221,3 +200,18 @@ class TranslationTask(pl.LightningModule):
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
+
+
+def checkpoint_metadata(task: TranslationTask) -> dict:
+    """attnmt's entry in a checkpoint: everything needed to decode without the training data (the
+    resolved config and the sentencepiece models themselves), where and with what it was trained,
+    and the state a resume restores (RNG streams, skipped batches)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": task.train_config,
+        "tokenizer": task.tokenizer.state() if task.tokenizer is not None else None,
+        "num_parameters": task.model.num_parameters(),
+        "provenance": {**provenance(), "hardware": hardware(task.trainer)},
+        "rng": get_rng_state(),
+        "skipped_batches": task.skipped_batches,
+    }

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attnmt.data.datamodule import TranslationDataModule
 from attnmt.errors import ConfigError
-from attnmt.models.base import Seq2Seq
+from attnmt.models import Seq2Seq, build_model
+from attnmt.task import TranslationTask
 from attnmt.resume import check_unchanged, find_checkpoints, requeued, resume_checkpoint
 from attnmt.utils.config import build, check_config
 from attnmt.utils.allocator import keep_freed_memory
@@ -31,15 +32,10 @@ from attnmt.utils.provenance import hardware, provenance
 log = logging.getLogger(__name__)
 
 
-def build_model(model_cfg: DictConfig | dict, datamodule: TranslationDataModule) -> Seq2Seq:
+def build_model_for(model_cfg: DictConfig | dict, datamodule: TranslationDataModule) -> Seq2Seq:
+    """The configured model for the datamodule's vocabularies (its tokenizer is trained or loaded)."""
     tok = datamodule.build_tokenizer()
-    model = build(
-        model_cfg, "model", src_vocab_size=tok.src_vocab_size, tgt_vocab_size=tok.tgt_vocab_size,
-        joint_vocab=tok.joint,
-    )
-    if not isinstance(model, Seq2Seq):
-        raise ConfigError(f"model._target_={model_cfg['_target_']} does not build an attnmt Seq2Seq model")
-    return model
+    return build_model(model_cfg, tok.src_vocab_size, tok.tgt_vocab_size, tok.joint)
 
 
 def best_score(trainer: pl.Trainer, metric: str) -> float | None:
@@ -88,6 +84,35 @@ def check_train_config(cfg: DictConfig) -> None:
     check_config(checked)
 
 
+def build_run(
+    cfg: DictConfig, callbacks: list[pl.Callback] = (), precision: str | None = None
+) -> tuple[TranslationDataModule, TranslationTask, pl.Trainer]:
+    """What a training config describes: the datamodule (prepared and set up), the task around the
+    model, and the trainer with the configured callbacks and loggers, plus ``callbacks``.
+    ``precision`` replaces ``trainer.precision`` (train() passes what ``auto`` resolved to)."""
+    datamodule: TranslationDataModule = build(cfg.data, "data")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = build_model_for(cfg.model, datamodule)
+    log.info("Model %s: %d parameters", cfg.model._target_, model.num_parameters())
+
+    # Called, not instantiated with kwargs: Hydra would recurse into the config dict passed here.
+    task = build(cfg.task, "task", _partial_=True)(
+        model=model,
+        optimizer=build(cfg.optimizer, "optimizer"),
+        scheduler=build(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
+        tokenizer=datamodule.tokenizer,
+        train_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    configured = [build(c, f"callbacks.{k}") for k, c in (cfg.get("callbacks") or {}).items() if c is not None]
+    loggers = [build(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
+    trainer: pl.Trainer = build(
+        cfg.trainer, "trainer", callbacks=[*configured, *callbacks], logger=loggers,
+        precision=precision or resolve_precision(cfg.trainer)["used"],
+    )
+    return datamodule, task, trainer
+
+
 def train(cfg: DictConfig) -> float | None:
     keep_freed_memory()
     output_dir = Path(cfg.paths.output_dir)
@@ -114,23 +139,8 @@ def train(cfg: DictConfig) -> float | None:
     if precision["asked"] == "auto":
         log.info("Precision %s (trainer.precision=auto: %s)", precision["used"], precision["why"])
 
-    datamodule: TranslationDataModule = build(cfg.data, "data")
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    model = build_model(cfg.model, datamodule)
-    log.info("Model %s: %d parameters", cfg.model._target_, model.num_parameters())
-
-    # Called, not instantiated with kwargs: Hydra would recurse into the config dict passed here.
-    task = build(cfg.task, "task", _partial_=True)(
-        model=model,
-        optimizer=build(cfg.optimizer, "optimizer"),
-        scheduler=build(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
-        tokenizer=datamodule.tokenizer,
-        train_config=config,
-    )
-    callbacks = [build(c, f"callbacks.{k}") for k, c in cfg.get("callbacks", {}).items() if c is not None]
-    loggers = [build(c, f"logger.{k}") for k, c in cfg.get("logger", {}).items() if c is not None]
-    trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, precision=precision["used"])
+    datamodule, task, trainer = build_run(cfg, precision=precision["used"])
+    model = task.model
     if trainer.is_global_zero:
         record_start(output_dir, ckpt_path, step, trainer, precision)
 

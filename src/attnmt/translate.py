@@ -8,14 +8,14 @@ token-budget batches and prints one line per sentence, in input order.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from attnmt.utils.schema import Ge, Gt, Le
 
 if TYPE_CHECKING:  # torch and the models load after the arguments are checked
-    from attnmt.data.datamodule import ParallelDataset
+    from attnmt.data.dataset import ParallelDataset
     from attnmt.models.base import Seq2Seq
     from attnmt.search import Hypothesis
 
@@ -23,13 +23,18 @@ if TYPE_CHECKING:  # torch and the models load after the arguments are checked
 @dataclass
 class DecodeSettings:
     """How to decode: the keys of ``attnmt-translate`` and of evaluate.py's ``decode`` node
-    (types, ranges and defaults; checked by :mod:`attnmt.utils.schema` before decoding starts)."""
+    (types, ranges, defaults and help, in this one place; checked by :mod:`attnmt.utils.schema`
+    before decoding starts)."""
 
-    beam_size: Annotated[int, Ge(1)] = 5  # 1 is greedy decoding
-    alpha: Annotated[float, Ge(0)] = 0.6  # GNMT length penalty exponent; 0 ranks by summed log-probability
-    max_len_ratio: Annotated[float, Gt(0)] = 1.5  # outputs have at most ratio * source length + 10 tokens
-    batch_tokens: Annotated[int, Ge(1)] = 8000  # padded source tokens per batch (beam search multiplies by beam_size)
-    n_best: Annotated[int, Ge(1), Le("beam_size")] = 1
+    beam_size: Annotated[int, Ge(1)] = field(default=5, metadata={"help": "1 is greedy decoding", "metavar": "K"})
+    alpha: Annotated[float, Ge(0)] = field(default=0.6, metadata={
+        "help": "GNMT length penalty exponent; 0 ranks by summed log-probability", "metavar": "A"})
+    max_len_ratio: Annotated[float, Gt(0)] = field(default=1.5, metadata={
+        "help": "outputs have at most R * source length + 10 tokens", "metavar": "R"})
+    batch_tokens: Annotated[int, Ge(1)] = field(default=8000, metadata={
+        "help": "padded source tokens per batch (beam search multiplies by beam_size)", "metavar": "N"})
+    n_best: Annotated[int, Ge(1), Le("beam_size")] = field(default=1, metadata={
+        "help": "hypotheses kept (printed) per sentence, best first", "metavar": "N"})
 
     @property
     def search(self) -> str:
@@ -40,10 +45,12 @@ class DecodeSettings:
 class TranslateSettings:
     """The keys of ``attnmt-translate`` besides :class:`DecodeSettings`."""
 
-    ckpt: str  # a .ckpt file or a training run's output folder
-    input: str = "-"  # a file of source sentences, or - for standard input
-    scores: bool = False
-    alignments: bool = False
+    ckpt: str = field(metadata={"help": "a .ckpt file or a training run's output folder", "metavar": "PATH"})
+    input: str = field(default="-", metadata={"help": "a file of source sentences, or - for stdin", "metavar": "FILE"})
+    scores: bool = field(default=False, metadata={"help": "also print each hypothesis' score", "metavar": "BOOL"})
+    alignments: bool = field(default=False, metadata={
+        "help": "also print word alignments (Pharaoh, from the last layer's cross-attention averaged over heads)",
+        "metavar": "BOOL"})
 
 
 def translate_dataset(
@@ -74,23 +81,14 @@ def translate_dataset(
     return out  # type: ignore[return-value]
 
 
-USAGE = """usage: attnmt-translate ckpt=RUN_OR_CKPT [key=value ...]
+USAGE_HEAD = """usage: attnmt-translate ckpt=RUN_OR_CKPT [key=value ...]
 
 Translate sentences with a trained attnmt checkpoint: one source sentence per input line, one
 translation per output line, in order.
 
-keys (defaults in brackets):
-  ckpt=PATH          a .ckpt file or a training run's output folder (required)
-  input=FILE         source sentences, or - for stdin [-]
-  beam_size=K        1 is greedy decoding; an integer >= 1 [5]
-  alpha=A            GNMT length penalty, >= 0 [0.6]
-  n_best=N           print N hypotheses per sentence, 1 <= N <= beam_size [1]
-  max_len_ratio=R    output length cap: R * source length + 10, R > 0 [1.5]
-  batch_tokens=N     padded source tokens per batch, >= 1 [8000]
-  scores=BOOL        also print each hypothesis' score: true or false [false]
-  alignments=BOOL    also print word alignments (Pharaoh, from the last layer's
-                     cross-attention averaged over heads): true or false [false]
-
+keys:
+"""
+USAGE_TAIL = """
 Input is UTF-8 text (a file or stdin alike): the first line that is not valid UTF-8 is an error,
 before anything is translated. Lines end at LF; a CR before it (CRLF) is dropped. Every input
 line gets its output: a blank or whitespace-only line is not decoded and gets an empty
@@ -100,10 +98,17 @@ With n_best > 1, scores or alignments, lines read
   SENTENCE_INDEX ||| TRANSLATION ||| SCORE ||| ALIGNMENT
 (the fields asked for; Moses n-best style; a blank input line gets one row with an empty
 translation, score 0 and no links). Progress and logs go to stderr. A bad key or value is one
-line on stderr (error: ...) and exit status 2.
+line on stderr (error: ...) and exit status 2. evaluate.py takes the same decoding keys as
+decode.KEY=VALUE.
 
 example:  echo "the small dog sees a cat ." | attnmt-translate ckpt=outputs/train/runs/RUN
 """
+
+
+def usage() -> str:
+    from attnmt.utils.cli import keys_help
+
+    return USAGE_HEAD + keys_help((TranslateSettings, DecodeSettings)) + USAGE_TAIL
 
 
 def parse_args(argv: list[str]) -> tuple[TranslateSettings, DecodeSettings]:
@@ -119,7 +124,7 @@ def translate_lines(args: TranslateSettings, settings: DecodeSettings, lines: li
     """What ``attnmt-translate`` prints for ``lines``."""
     from attnmt.alignment import attention_links, format_links
     from attnmt.checkpoint import load_for_decoding
-    from attnmt.data.datamodule import encode_for_eval
+    from attnmt.data.dataset import encode_for_eval
     from attnmt.search import Hypothesis
 
     model, tokenizer, train_cfg, _ = load_for_decoding(args.ckpt)
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE, end="")
+        print(usage(), end="")
         return
 
     @exit_on_user_error

@@ -13,6 +13,7 @@ from pathlib import Path
 from attnmt.data.datamodule import SPLITS, TranslationDataModule
 from attnmt.errors import ConfigError, DataError
 from attnmt.utils.io import atomic_path
+from attnmt.utils.schema import PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Multi30kDataModule(TranslationDataModule):
         tgt_lang: str = "en",
         test_set: str = "test_2016_flickr",
         base_url: str = UPSTREAM,
+        max_len: PositiveInt = 100,
         **kwargs,
     ):
         for key, lang in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
@@ -79,7 +81,7 @@ class Multi30kDataModule(TranslationDataModule):
             raise ConfigError(f"data.src_lang and data.tgt_lang are both {src_lang!r}: pick two languages")
         if test_set not in TEST_SETS:
             raise ConfigError(f"data.test_set={test_set!r} is not one of {', '.join(TEST_SETS)}")
-        super().__init__(src_lang=src_lang, tgt_lang=tgt_lang, cache_dir=cache_dir, **kwargs)
+        super().__init__(src_lang=src_lang, tgt_lang=tgt_lang, cache_dir=cache_dir, max_len=max_len, **kwargs)
         self.source_dir = Path(source_dir) if source_dir else None
         self.stems = {"train": "train", "valid": "val", "test": test_set}
         self.base_url = base_url.rstrip("/")

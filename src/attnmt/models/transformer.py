@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnmt.errors import ConfigError
-from attnmt.models.dropout import Dropout, dropout
+from attnmt import ops
 from attnmt.models.base import Seq2Seq, State, sinusoid_positions
 from attnmt.utils.schema import Fraction, PositiveInt
 
@@ -51,12 +51,12 @@ class MultiHeadAttention(nn.Module):
         Returns ``(B, T, D)`` and, if asked, the weights ``(B, H, T, S)``."""
         q = self.split_heads(self.q_proj(query))  # (B, H, T, d_k)
         p = self.dropout if self.training else 0.0
-        # SDPA on CPU has no fused kernel with dropout (it falls back to these same steps, with a
-        # slower mask): the explicit path then, with attnmt's dropout.
-        if need_weights or (p > 0.0 and q.device.type == "cpu"):
+        # Eq. 1 written out when the weights are asked for (plots, alignments), and for dropout on
+        # CPU with the fast kernels on: SDPA falls back to these same steps there, with a slower mask.
+        if need_weights or (p > 0.0 and q.device.type == "cpu" and ops.enabled()):
             scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T, S)
             weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # (B, H, T, S)
-            out = dropout(weights, p) @ v  # (B, H, T, d_k)
+            out = ops.dropout(weights, p) @ v  # (B, H, T, d_k)
         else:
             weights = None
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=self.scale)
@@ -69,7 +69,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, dropout: float):
         super().__init__()
-        self.w_1, self.w_2, self.dropout = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model), Dropout(dropout)
+        self.w_1, self.w_2, self.dropout = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model), ops.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w_2(self.dropout(F.relu(self.w_1(x))))
@@ -82,7 +82,7 @@ class EncoderLayer(nn.Module):
         self.self_attn = MultiHeadAttention(d_model, num_heads, dropout, scale_scores)
         self.ln_1, self.ln_2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.mlp = FeedForward(d_model, d_ff, dropout)
-        self.dropout = Dropout(dropout)
+        self.dropout = ops.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         def attn(h):
@@ -107,7 +107,7 @@ class DecoderLayer(nn.Module):
         self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout, scale_scores)
         self.ln_1, self.ln_2, self.ln_3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.mlp = FeedForward(d_model, d_ff, dropout)
-        self.dropout = Dropout(dropout)
+        self.dropout = ops.Dropout(dropout)
 
     def forward(
         self, x: Tensor, self_mask: Tensor, cross_kv: tuple[Tensor, Tensor], cross_mask: Tensor,
@@ -135,9 +135,9 @@ class Transformer(Seq2Seq):
         self,
         src_vocab_size: int,
         tgt_vocab_size: int,
-        d_model: PositiveInt = 256,
+        d_model: PositiveInt = 128,
         num_heads: PositiveInt = 4,
-        d_ff: PositiveInt = 1024,
+        d_ff: PositiveInt = 512,
         encoder_layers: PositiveInt = 3,
         decoder_layers: PositiveInt = 3,
         dropout: Fraction = 0.1,
@@ -175,7 +175,7 @@ class Transformer(Seq2Seq):
         self.generator = nn.Linear(d_model, tgt_vocab_size, bias=False)
         if tie_embeddings:
             self.generator.weight = self.tgt_embed.weight  # section 3.4
-        self.dropout = Dropout(dropout)
+        self.dropout = ops.Dropout(dropout)
 
     def embed(self, embedding: nn.Embedding, tokens: Tensor, offset: int = 0) -> Tensor:
         """Section 3.4: embeddings scaled by ``sqrt(d_model)`` plus sinusoidal positions."""

@@ -51,3 +51,45 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def describe(ann: Any) -> str:
+    """What an annotation accepts, as the usage text says it: ``an integer >= 1``, ``true or false``."""
+    from typing import Annotated, Literal, Union, get_args, get_origin
+
+    from attnmt.utils.schema import Bound
+
+    marks: list[Any] = []
+    if get_origin(ann) is Annotated:
+        ann, *marks = get_args(ann)
+    optional = get_origin(ann) is Union and type(None) in get_args(ann)
+    if optional:
+        ann = next(a for a in get_args(ann) if a is not type(None))
+    if get_origin(ann) is Literal:
+        text = " or ".join(str(c) for c in get_args(ann))
+    else:
+        text = {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(ann, "a value")
+    bounds = [f"{m.op} {m.limit}" for m in marks if isinstance(m, Bound)]
+    if bounds:
+        text += " " + " and ".join(bounds)
+    return text + (" or null" if optional else "")
+
+
+def keys_help(schemas: tuple[type, ...]) -> str:
+    """The ``keys`` section of a usage text, from the settings dataclasses: per key its meaning
+    (the field's ``help`` metadata), what it accepts and its default."""
+    import textwrap
+
+    lines = []
+    for schema in schemas:
+        hints = typing.get_type_hints(schema, include_extras=True)
+        for f in dataclasses.fields(schema):
+            meta, help_text = f.metadata, f.metadata.get("help", "")
+            if f.default is dataclasses.MISSING:
+                text = f"{help_text} (required)"
+            else:
+                default = "null" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
+                text = f"{help_text}; {describe(hints[f.name])} [{default}]"
+            head = f"  {f.name}={meta.get('metavar', 'VALUE')}"
+            lines += textwrap.wrap(text, width=100, initial_indent=f"{head:<21s}", subsequent_indent=" " * 21)
+    return "\n".join(lines) + "\n"

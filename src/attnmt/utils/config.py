@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any, Iterable
 
 from hydra.errors import InstantiationException
@@ -123,3 +124,24 @@ def build(node: Any, key: str, **kwargs) -> Any:
             raise ConfigError(f"{key}: {cause}") from None
         target = node.get("_target_") if hasattr(node, "get") else None
         raise ConfigError(f"{key}: cannot build {target} ({str(e).splitlines()[0]})") from None
+
+
+def compose(config_name: str, overrides: list[str], config_dir: str | Path, output_dir: str | Path | None = None) -> DictConfig:
+    """``conf/<config_name>.yaml`` with ``overrides``, composed as its entry point would compose it
+    (Hydra's own settings resolved, then left out), for code that runs a config without the
+    command line: tests and benchmarks. ``output_dir`` replaces ``paths.output_dir``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a real run: the app's config does not hold Hydra's own
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
+    return cfg

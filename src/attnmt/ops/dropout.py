@@ -4,8 +4,8 @@
 2-core CPU that took 15% of a Transformer training step, more than the step's layer norms,
 softmaxes and additions together. Here one 64-bit random draw makes the masks of four elements
 (16 bits each), about 3x faster for the same result: each element is kept with probability
-``1 - p`` (p rounded to a multiple of 1/65536) and scaled by ``1 / (1 - p)``. On other devices
-this is ``F.dropout``.
+``1 - p`` (p rounded to a multiple of 1/65536) and scaled by ``1 / (1 - p)``. On other devices,
+and with the fast kernels off (:func:`attnmt.ops.enabled`), this is ``F.dropout``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from torch import Tensor, nn
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or not 0.0 < p < 1.0:
+    from attnmt import ops
+
+    if not ops.enabled() or x.device.type != "cpu" or not 0.0 < p < 1.0:
         return F.dropout(x, p, training)
     drop = round(p * 65536)
     # Full-range int64 draws, read as int16: every bit random (plain random_() leaves the sign bit 0).

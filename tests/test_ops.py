@@ -1,4 +1,5 @@
-"""The pieces that make training fast compute exactly what they replace."""
+"""attnmt.ops: each hand-optimised kernel computes exactly what the plain formulation beside its
+call computes (values and gradients), and every model gives the same results with them on or off."""
 
 from __future__ import annotations
 
@@ -8,10 +9,105 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnmt.loss import smoothed_cross_entropy
-from attnmt.models.attention import additive_scores
-from attnmt.models.dropout import Dropout, dropout
+from attnmt import ops
+from attnmt.ops import Dropout, FusedRNNStep, RNNStep, additive_scores, bidirectional_rnn, dropout, smoothed_cross_entropy
 from attnmt.utils.allocator import keep_freed_memory
+from conftest import MODELS, build_tiny_model
+
+
+def outputs_and_gradients(model, fast: bool, monkeypatch):
+    """Teacher-forced logits, cross-attention and every parameter's gradient of a fixed loss."""
+    monkeypatch.setattr(ops, "ENABLED", fast)
+    torch.manual_seed(1)
+    src = torch.randint(4, 50, (3, 7))
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] * 2 + [False] * 5])
+    tgt = torch.randint(4, 50, (3, 6))
+    model.zero_grad()
+    enc = model.encode(src, mask)
+    logits, attn = model.decode(enc, tgt, need_attention=True)
+    loss = (logits.log_softmax(-1) * torch.randn_like(logits)).sum()
+    loss.backward()
+    return logits.detach(), attn["cross"].detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name, overrides", [
+    *[(m, []) for m in MODELS],
+    ("rnn_bahdanau", ["model.rnn_type=lstm", "model.encoder_layers=2", "model.decoder_layers=2"]),
+    ("rnn_luong", ["model.input_feeding=false", "model.rnn_type=lstm"]),
+    ("rnn_luong", ["model.attention.score=concat"]),
+])
+def test_every_model_computes_the_same_with_the_fast_kernels_on_and_off(name, overrides, monkeypatch):
+    model = build_tiny_model(name, overrides=overrides).double().train()  # dropout 0: same function
+    fast = outputs_and_gradients(model, True, monkeypatch)
+    plain = outputs_and_gradients(model, False, monkeypatch)
+    torch.testing.assert_close(fast[0], plain[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(fast[1], plain[1], rtol=0, atol=1e-10)
+    assert fast[2].keys() == plain[2].keys() and len(fast[2]) == len(list(model.parameters()))
+    for key in fast[2]:
+        torch.testing.assert_close(fast[2][key], plain[2][key], rtol=0, atol=1e-10, msg=key)
+
+
+def test_the_task_loss_is_the_same_with_the_fast_kernels_on_and_off(monkeypatch):
+    from attnmt.task import TranslationTask
+
+    task = TranslationTask(build_tiny_model("transformer").double(), optimizer=torch.optim.Adam)
+    batch = {"src": torch.randint(4, 50, (3, 7)), "src_mask": torch.ones(3, 7, dtype=torch.bool),
+             "tgt_in": torch.randint(4, 50, (3, 5)), "tgt_out": torch.randint(4, 50, (3, 5))}
+    batch["tgt_out"][1, 3:] = 0  # padding
+    got = {}
+    for fast in (True, False):
+        monkeypatch.setattr(ops, "ENABLED", fast)
+        task.zero_grad()
+        loss, ntokens = task.loss(batch, 0.1)
+        loss.backward()
+        got[fast] = loss.item(), ntokens.item(), task.model.generator.weight.grad.clone()
+    assert got[True][:2] == (pytest.approx(got[False][0], rel=1e-12), 13)
+    torch.testing.assert_close(got[True][2], got[False][2], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("rnn_type,layers", [("gru", 1), ("lstm", 1), ("gru", 2)])
+def test_rnn_encoder_equals_a_packed_bidirectional_rnn(rnn_type, layers):
+    """The encoder runs each direction over the padded batch (the backward one on sentences
+    reversed in place); its states and all gradients must equal the packed nn.GRU/nn.LSTM whose
+    parameters it uses, and be zero at padding."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    rnn_class = torch.nn.GRU if rnn_type == "gru" else torch.nn.LSTM
+    encoder = rnn_class(8, 6, layers, batch_first=True, bidirectional=True).double()
+    x = torch.randn(5, 7, 8, dtype=torch.double, requires_grad=True)
+    lengths = torch.tensor([7, 3, 5, 1, 7])
+    ours = bidirectional_rnn(encoder, x, lengths)
+    packed, _ = encoder(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    theirs, _ = pad_packed_sequence(packed, batch_first=True, total_length=7)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    assert ours[1, 3:].abs().max() == 0 and ours[3, 1:].abs().max() == 0
+    probe = torch.randn_like(ours)
+    inputs = [x, *encoder.parameters()]
+    for a, b in zip(torch.autograd.grad((ours * probe).sum(), inputs), torch.autograd.grad((theirs * probe).sum(), inputs)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("rnn_type,layers", [("gru", 1), ("lstm", 1), ("gru", 2), ("lstm", 2)])
+def test_rnn_decoder_step_equals_nn_rnn(rnn_type, layers):
+    """The decoder's hand-written step (layer 0's embedding projection computed for all steps at
+    once) gives nn.GRU/nn.LSTM's output, state and gradients with the same parameters."""
+    torch.manual_seed(0)
+    rnn_class = torch.nn.GRU if rnn_type == "gru" else torch.nn.LSTM
+    rnn = rnn_class(5 + 6, 6, layers, batch_first=True).double()
+    emb, context = torch.randn(4, 1, 5, dtype=torch.double), torch.randn(4, 6, dtype=torch.double)
+    h = torch.randn(4, layers, 6, dtype=torch.double)
+    state = {"h": h, **({"c": torch.randn_like(h)} if rnn_type == "lstm" else {})}
+    fused, plain = FusedRNNStep(rnn, 5), RNNStep(rnn)
+    ours, ours_state = fused(fused.inputs(emb)[0], context, state)
+    theirs, theirs_state = plain(plain.inputs(emb)[0], context, state)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    for key in state:
+        torch.testing.assert_close(ours_state[key], theirs_state[key], rtol=0, atol=1e-12)
+    params = list(rnn.parameters())
+    probe = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad((ours * probe).sum(), params), torch.autograd.grad((theirs * probe).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
@@ -236,24 +332,21 @@ def test_dropout_on_bf16_keeps_the_share_and_scales_exactly():
 def test_rnn_decoder_step_under_bf16_autocast_is_as_accurate_as_nn_rnn(rnn_type):
     """Under bf16 autocast the hand-written step's output and state stay as close to the float64
     result as nn.GRU/nn.LSTM's under the same autocast."""
-    from attnmt.models.attention import Attention
-    from attnmt.models.rnn import BahdanauRNN
-
     torch.manual_seed(0)
-    model = BahdanauRNN(20, 20, Attention, emb_size=16, hidden_size=32, rnn_type=rnn_type, dropout=0.0)
-    emb, context = torch.randn(4, 16), torch.randn(4, 32)
+    rnn = (torch.nn.GRU if rnn_type == "gru" else torch.nn.LSTM)(16 + 32, 32, batch_first=True)
+    emb, context = torch.randn(4, 1, 16), torch.randn(4, 32)
     h = torch.randn(4, 1, 32)
     state = {"h": h, **({"c": torch.randn_like(h)} if rnn_type == "lstm" else {})}
 
-    def step(m, dtype=None):
-        w = m.step_weights()
-        return m.rnn_step(m.embed_inputs(emb.to(dtype or emb.dtype), w), context.to(dtype or emb.dtype),
-                          {k: s.to(dtype or s.dtype) for k, s in state.items()}, w)
+    def run(step_class, module, dtype=None):
+        step = step_class(module, 16) if step_class is FusedRNNStep else step_class(module)
+        return step(step.inputs(emb.to(dtype or emb.dtype))[0], context.to(dtype or emb.dtype),
+                    {k: s.to(dtype or s.dtype) for k, s in state.items()})
 
-    exact, exact_state = step(copy.deepcopy(model).double(), torch.double)
+    exact, exact_state = run(FusedRNNStep, copy.deepcopy(rnn).double(), torch.double)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours, ours_state = step(model)
-        theirs, theirs_state = model.run_rnn(torch.cat([emb, context], -1).unsqueeze(1), state)
-    no_worse_than_pytorch(ours, theirs.squeeze(1), exact)
+        ours, ours_state = run(FusedRNNStep, rnn)
+        theirs, theirs_state = run(RNNStep, rnn)
+    no_worse_than_pytorch(ours, theirs, exact)
     for key in state:
         no_worse_than_pytorch(ours_state[key], theirs_state[key], exact_state[key])
