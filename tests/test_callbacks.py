@@ -27,20 +27,34 @@ class SlowUpdates(pl.Callback):
         CLOCK[0] = (trainer.global_step + 1) * self.seconds  # the time when this update ends
 
 
-@pytest.mark.parametrize("minutes,seconds_per_update,saved_after", [
-    (1.0, 30, [2, 4, 6, 7]),  # every second update, and at the end (7 updates)
-    (1.5, 40, [3, 6, 7]),  # 90 s have passed after 120 s, i.e. every third update
-])
-def test_last_checkpoint_every_n_minutes(minutes, seconds_per_update, saved_after, tiny_data_dir, tmp_path, monkeypatch):
-    cfg = compose_config("train", tiny_overrides(tiny_data_dir) + [
-        "trainer.max_steps=7", "callbacks.last_checkpoint.every_n_train_steps=null",
-        f"callbacks.last_checkpoint.every_n_minutes={minutes}",
-        "+callbacks.slow_updates._target_=test_callbacks.SlowUpdates", f"+callbacks.slow_updates.seconds={seconds_per_update}",
-    ], tmp_path)
+@pytest.mark.parametrize(
+    "minutes,seconds_per_update,saved_after",
+    [
+        (1.0, 30, [2, 4, 6, 7]),  # every second update, and at the end (7 updates)
+        (1.5, 40, [3, 6, 7]),  # 90 s have passed after 120 s, i.e. every third update
+    ],
+)
+def test_last_checkpoint_every_n_minutes(
+    minutes, seconds_per_update, saved_after, tiny_data_dir, tmp_path, monkeypatch
+):
+    cfg = compose_config(
+        "train",
+        tiny_overrides(tiny_data_dir)
+        + [
+            "trainer.max_steps=7",
+            "callbacks.last_checkpoint.every_n_train_steps=null",
+            f"callbacks.last_checkpoint.every_n_minutes={minutes}",
+            "+callbacks.slow_updates._target_=test_callbacks.SlowUpdates",
+            f"+callbacks.slow_updates.seconds={seconds_per_update}",
+        ],
+        tmp_path,
+    )
     # The fake clock for the callback's module only (a frozen clock everywhere stalls other waits).
     module = importlib.import_module(cfg.callbacks.last_checkpoint._target_.rsplit(".", 1)[0])
     CLOCK[0] = 0.0
-    fake_time = SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("__")})
+    fake_time = SimpleNamespace(
+        **{k: getattr(time, k) for k in dir(time) if not k.startswith("__")}
+    )
     fake_time.monotonic = lambda: CLOCK[0]
     monkeypatch.setattr(module, "time", fake_time)
     saves = []
@@ -55,5 +69,8 @@ def test_last_checkpoint_every_n_minutes(minutes, seconds_per_update, saved_afte
     train(cfg)
     assert saves == saved_after
     folder = tmp_path / "checkpoints"
-    steps = [torch.load(folder / name, weights_only=False)["global_step"] for name in ("last.prev.ckpt", "last.ckpt")]
+    steps = [
+        torch.load(folder / name, weights_only=False)["global_step"]
+        for name in ("last.prev.ckpt", "last.ckpt")
+    ]
     assert steps == saved_after[-2:]
