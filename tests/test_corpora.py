@@ -20,6 +20,13 @@ needs_multi30k = pytest.mark.skipif(
     reason=f"Multi30k raw files not found in {MULTI30K} (see ../shared/data/README.md)",
 )
 LINES = {"train": 29000, "valid": 1014, "test": 1000}
+# The first line of test_2016_flickr in each language, untokenized.
+FIRST_TEST_LINE = {
+    "de": "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.",
+    "en": "A man in an orange hat starring at something.",
+    "fr": "Un homme avec un chapeau orange regardant quelque chose.",
+    "cs": "Muž v oranžovém klobouku na něco zírá.",
+}
 
 
 def multi30k(tmp_path, *overrides):
@@ -39,10 +46,8 @@ def test_multi30k_reads_the_local_folder_in_both_directions(src, tgt, tmp_path):
         s, t = read_parallel(src_file, tgt_file)
         assert len(s) == len(t) == n
     assert dm.split_files("test")[0].name == f"test_2016_flickr.{src}.gz"
-    first = {"de": "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.",
-             "en": "A man in an orange hat starring at something."}
     src_line, tgt_line = (lines[0] for lines in read_parallel(*dm.split_files("test")))
-    assert src_line == first.get(src, src_line) and tgt_line == first.get(tgt, tgt_line)  # raw, untokenized
+    assert (src_line, tgt_line) == (FIRST_TEST_LINE[src], FIRST_TEST_LINE[tgt])  # each side's language, raw
     assert dm.references("test")[0] == tgt_line
 
 

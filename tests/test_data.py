@@ -11,7 +11,7 @@ import pytest
 from attnmt.data.batching import TokenBucketBatchSampler, token_budget_batches
 from attnmt.data.io import read_lines, read_parallel
 from attnmt.data.synthetic import ensure_synthetic, generate_pairs
-from attnmt.errors import DataError
+from attnmt.errors import ConfigError, DataError
 from hydra.utils import instantiate
 
 from conftest import compose_config, tiny_overrides
@@ -103,18 +103,35 @@ def test_ranks_get_disjoint_equal_shares_that_cover_the_data(world, shuffle):
 
 
 def test_epochs_shuffle_differently_but_reproducibly():
-    lengths = [random.Random(2).randint(1, 30) for _ in range(500)]
+    rng = random.Random(2)
+    lengths = [rng.randint(1, 30) for _ in range(500)]  # ~17 examples of each length: ties to break
+
+    def epoch(sampler, e):
+        sampler.set_epoch(e)
+        return list(sampler)
+
     s = TokenBucketBatchSampler(lengths, 100, seed=1)
-    s.set_epoch(0)
-    e0 = list(s)
-    s.set_epoch(1)
-    e1 = list(s)
-    s.set_epoch(0)
-    assert list(s) == e0 and e0 != e1
+    e0, e1 = epoch(s, 0), epoch(s, 1)
+    assert epoch(s, 0) == e0 and epoch(TokenBucketBatchSampler(lengths, 100, seed=1), 1) == e1  # reproducible
+    assert epoch(TokenBucketBatchSampler(lengths, 100, seed=2), 0) != e0  # the seed matters
+    for batches in (e0, e1):
+        assert sorted(i for b in batches for i in b) == list(range(500))
+        # Bucketed: a batch holds neighbours in length, and fills its budget.
+        assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) <= 1 for b in batches)
+        assert all(len(b) * max(lengths[i] for i in b) <= 100 for b in batches)
+        assert sum(lengths) / sum(len(b) * max(lengths[i] for i in b) for b in batches) > 0.9
+    # Not only the order of the batches changes: equal lengths are grouped differently each epoch.
+    assert {frozenset(b) for b in e0} != {frozenset(b) for b in e1}
 
 
-def test_token_budget_batches_never_exceed_budget_with_single_long_items():
-    assert token_budget_batches([5, 5, 10], 10, [0, 1, 2]) == [[0, 1], [2]]
+def test_an_example_over_the_token_budget_gets_a_batch_of_its_own():
+    # Unfiltered evaluation sets can hold a source longer than the budget: it is neither dropped
+    # nor packed with others.
+    lengths = [3, 25, 3, 3, 40, 3]
+    assert token_budget_batches(lengths, 10, range(6)) == [[0], [1], [2, 3], [4], [5]]
+    assert token_budget_batches([5, 5, 10], 10, [0, 1, 2]) == [[0, 1], [2]]  # exactly the budget fits
+    batches = list(TokenBucketBatchSampler(lengths, 10, shuffle=False))
+    assert sorted(batches) == [[0, 2, 3], [1], [4], [5]]
 
 
 def test_sentencepiece_cache_reused_then_rebuilt_on_a_changed_setting(tiny_data_dir, tmp_path):
@@ -134,6 +151,31 @@ def test_sentencepiece_cache_reused_then_rebuilt_on_a_changed_setting(tiny_data_
     third = build("data.vocab_size=400")
     assert len(list(tmp_path.glob("spm-*.model"))) == 2
     assert third.src_vocab_size != first.src_vocab_size
+
+
+def test_joint_vocab_false_cuts_each_side_with_its_own_model(tiny_data_dir, tmp_path):
+    from attnmt.training import build_model
+
+    cfg = compose_config("train", tiny_overrides(tiny_data_dir) + [
+        f"data.cache_dir={tmp_path}", "data.joint_vocab=false", "data.vocab_size=300", "data.num_valid=20",
+    ], tmp_path)
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    tok = dm.tokenizer
+    assert sorted(p.name.split("-")[1] for p in tmp_path.glob("spm-*.model")) == ["en", "syn"]  # no joint model
+    assert not tok.joint
+    src_lines, tgt_lines = read_parallel(*dm.split_files("valid"))
+    batch = dm.datasets["valid"].collate([0])
+    src_ids, tgt_ids = tok.encode_src(src_lines[:1])[0], tok.encode_tgt(tgt_lines[:1])[0]
+    assert batch["src"][0, : len(src_ids)].tolist() == src_ids and batch["tgt_out"][0, : len(tgt_ids)].tolist() == tgt_ids
+    # Each model knows its own language only: the other side's words fall apart into small pieces.
+    assert len(tok.encode_src(tgt_lines)[0]) > len(tgt_ids) and len(tok.encode_tgt(src_lines)[0]) > len(src_ids)
+    model = build_model(cfg.model, dm)  # the RNN: embeddings and output layer sized by each vocabulary
+    logits = model(batch["src"], batch["src_mask"], batch["tgt_in"])
+    assert logits.size(-1) == tok.tgt_vocab_size
+    with pytest.raises(ConfigError, match="tie_embeddings=true needs a joint"):
+        build_model(compose_config("train", ["model=transformer"]).model, dm)
 
 
 def test_datamodule_batches_hold_aligned_tensors(tiny_datamodule):

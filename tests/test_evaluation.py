@@ -4,6 +4,8 @@ heatmaps and the HTML index."""
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -96,6 +98,33 @@ def test_self_attention_heatmaps(trained_runs, tmp_path):
         assert (tmp_path / attention / "heatmaps" / files[0]).read_bytes()[:5] == b"%PDF-"
 
 
+@pytest.mark.slow
+def test_heatmaps_of_the_reference_read_teacher_forced(trained_runs, tiny_data_dir, tmp_path):
+    """eval.plot_target=reference: the pictures' target axis is the reference (here with a word
+    the model never writes), not the hypothesis."""
+    _, run_dir, _ = trained_runs[1]["rnn_bahdanau"]
+    sources = (tiny_data_dir / "test.en").read_text().splitlines()[:2]
+    references = [f"quixotic {line}" for line in (tiny_data_dir / "test.syn").read_text().splitlines()[10:12]]
+    (tmp_path / "src.txt").write_text("".join(s + "\n" for s in sources))
+    (tmp_path / "ref.txt").write_text("".join(r + "\n" for r in references))
+
+    def labels(target: str) -> tuple[list[str], list[str]]:
+        out = tmp_path / target
+        evaluate(compose_config("evaluate", [
+            f"ckpt={run_dir}", f"src_file={tmp_path / 'src.txt'}", f"ref_file={tmp_path / 'ref.txt'}",
+            "decode.beam_size=1", "eval.num_plots=1", f"eval.plot_target={target}", "eval.formats=[svg]",
+            "eval.level=word",
+        ], out))
+        (svg,) = (out / "heatmaps").glob("0000.cross*.svg")
+        # Matplotlib writes each text of an SVG beside its glyphs as a comment: the axis labels.
+        return re.findall(r"<!-- (.*?) -->", svg.read_text()), (out / "hypotheses.txt").read_text().splitlines()[0].split()
+
+    reference_labels, _ = labels("reference")
+    hypothesis_labels, hypothesis = labels("hypothesis")
+    assert all(word in reference_labels for word in references[0].split())
+    assert "quixotic" not in hypothesis_labels and all(word in hypothesis_labels for word in hypothesis)
+
+
 def translate(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "attnmt.translate", *args], input=stdin, capture_output=True, text=True, cwd=ROOT,
@@ -103,7 +132,7 @@ def translate(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_translate_command_in_a_pipeline(trained_runs, tiny_data_dir):
+def test_translate_command_in_a_pipeline(trained_runs, tiny_data_dir, tmp_path):
     _, run_dir, _ = trained_runs[1]["rnn_bahdanau"]
     sources = (tiny_data_dir / "test.en").read_text().splitlines()[:30]
     plain = translate(f"ckpt={run_dir}", "beam_size=3", stdin="\n".join(sources) + "\n")
@@ -116,9 +145,23 @@ def test_translate_command_in_a_pipeline(trained_runs, tiny_data_dir):
     rows = [line.split(" ||| ") for line in nbest.stdout.splitlines()]
     assert [int(r[0]) for r in rows] == [i for i in range(5) for _ in range(3)]
     assert [r[1] for r in rows[::3]] == lines[:5]  # the 1-best of the n-best list is the plain output
-    for r in rows:
-        float(r[2])
-        assert all("-" in link for link in r[3].split())
+    for i in range(5):
+        hyps = rows[3 * i : 3 * i + 3]
+        scores = [float(r[2]) for r in hyps]
+        assert all(math.isfinite(x) and x < 0 for x in scores) and scores == sorted(scores, reverse=True)
+        assert len({r[1] for r in hyps}) == 3  # three different translations
+        for _, translation, _, links in hyps:
+            pairs = [tuple(map(int, link.split("-"))) for link in links.split()]
+            # Word links source-target: every target word is linked (argmax), each within both sentences.
+            assert {j for _, j in pairs} == set(range(len(translation.split())))
+            assert all(0 <= s < len(sources[i].split()) for s, _ in pairs)
+
+    # input=FILE reads the same sentences from a file (CRLF line ends are dropped).
+    source_file = tmp_path / "sources.txt"
+    source_file.write_bytes("".join(s + "\r\n" for s in sources).encode())
+    from_file = translate(f"ckpt={run_dir}", "beam_size=3", f"input={source_file}")
+    assert from_file.returncode == 0, from_file.stderr
+    assert from_file.stdout == plain.stdout
 
 
 def test_translate_help_and_bad_arguments():
@@ -130,6 +173,7 @@ def test_translate_help_and_bad_arguments():
         (["ckpt=x", "oops"], "arguments are key=value"),
         (["ckpt=/nonexistent/run"], "no such checkpoint file or run folder"),
         (["ckpt=/nonexistent/run", "beam_size=2", "n_best=3"], "n_best=3 must be between 1 and beam_size=2"),
+        (["ckpt=/nonexistent/run", "input=/nonexistent/sources.txt"], "/nonexistent/sources.txt: no such file"),
     ):
         done = translate(*args, stdin="a b c\n")
         assert done.returncode == 2, done

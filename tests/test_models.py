@@ -121,3 +121,23 @@ def test_state_reordering_follows_the_batch(model):
     torch.testing.assert_close(logits_r, full[:, 3], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_tied_embeddings_are_one_matrix_that_every_use_trains(tie):
+    """Vaswani et al. (2017) section 3.4: one weight matrix for the source and target embeddings
+    and the output projection (a joint vocabulary); ``model.tie_embeddings=false`` gives three."""
+    model = build_tiny_model("transformer", V, [f"model.tie_embeddings={str(tie).lower()}"])
+    vocabulary_matrices = [p for p in model.parameters() if p.dim() == 2 and p.size(0) == V]  # (V, D) each
+    assert len(vocabulary_matrices) == (1 if tie else 3)
+    if not tie:
+        return
+    shared = vocabulary_matrices[0]
+    src, mask = random_batch([7, 5])
+    tgt_in = random_targets(2, 6)
+    in_src, in_tgt = set(src[mask].tolist()), set(tgt_in.flatten().tolist())
+    unused = [t for t in range(4, V) if t not in in_src | in_tgt]
+    predicted, never_seen = unused[0], unused[1]
+    model(src, mask, tgt_in)[..., predicted].sum().backward()  # (B, T) logits of one token
+    used = shared.grad.abs().sum(1) > 0  # (V,) rows that received a gradient
+    assert used[predicted]  # as the output projection
+    assert all(used[t] for t in in_src - in_tgt) and all(used[t] for t in in_tgt - in_src)  # as embeddings
+    assert not used[never_seen] and not used[PAD_ID]

@@ -1,20 +1,184 @@
-"""Beam search against greedy decoding and teacher-forced scoring, on briefly trained models."""
+"""Beam search against exhaustive search on a toy model, and against greedy decoding and
+teacher-forced scoring on untrained and briefly trained models."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
+from torch import Tensor
 
 from attnmt.checkpoint import load_for_decoding
 from attnmt.data.dataset import encode_for_eval
 from attnmt.data.io import read_parallel
+from attnmt.data.tokenizer import EOS_ID
+from attnmt.models.base import Seq2Seq
 from attnmt.search import beam_search, greedy_search, length_penalty, max_output_lengths, score_hypotheses
 
-from conftest import MODELS
+from conftest import MODELS, build_tiny_model
 
 N = 100
+
+
+class ToyModel(Seq2Seq):
+    """A seq2seq model through the common interface whose next-token logits are a fixed random
+    table row, picked by a hash of the source and the target prefix: peaked, arbitrary
+    distributions on which greedy decoding often misses the most probable output."""
+
+    def __init__(self, vocab_size: int = 6, codes: int = 1009, seed: int = 0):
+        super().__init__()
+        self.src_vocab_size = self.tgt_vocab_size = vocab_size
+        self.codes = codes
+        self.register_buffer(
+            "table",
+            3.0 * torch.randn(codes, vocab_size, generator=torch.Generator().manual_seed(seed)),
+        )
+
+    def encode(self, src, src_mask, need_attention=False):
+        return {
+            "src_mask": src_mask,
+            "code": ((src * src_mask).sum(1) * 7 + src_mask.sum(1)) % self.codes,
+        }  # (B,)
+
+    def init_state(self, enc):
+        return {"code": enc["code"]}
+
+    def next_code(self, code, prev):
+        return (code * 31 + prev + 1) % self.codes
+
+    def decode_step(self, enc, state, prev, need_attention=False):
+        code = self.next_code(state["code"], prev)  # (B,)
+        return self.table[code], {"code": code}, {}  # (B, V)
+
+    def decode(self, enc, tgt_in, need_attention=False):
+        code, logits = enc["code"], []
+        for t in range(tgt_in.size(1)):
+            code = self.next_code(code, tgt_in[:, t])
+            logits.append(self.table[code])
+        return torch.stack(logits, dim=1), {}  # (B, T, V)
+
+
+def toy_batch(vocab_size: int, sentences: int = 16) -> tuple[Tensor, Tensor]:
+    """Sources of 3 or 5 ordinary tokens (ids 4 and up), padded."""
+    src = torch.randint(4, vocab_size, (sentences, 5), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(src, dtype=torch.bool)
+    mask[sentences // 2 :, 3:] = False
+    return src.masked_fill(~mask, 0), mask
+
+
+CAP = (
+    3  # output tokens before </s> is forced: max_output_lengths(mask, 0.01, CAP) for these sources
+)
+
+
+def exhaustive_best(model, src, mask, vocab_size) -> list[tuple[list[int], float]]:
+    """Per sentence, the most probable of all outputs up to CAP tokens (any id but </s>), scored
+    teacher-forced, independently of the searches' incremental decoding."""
+    ids = [i for i in range(vocab_size) if i != EOS_ID]
+    outputs = [list(s) for n in range(CAP + 1) for s in itertools.product(ids, repeat=n)]
+    best = []
+    for b in range(src.size(0)):
+        scores = score_hypotheses(
+            model,
+            src[b : b + 1].expand(len(outputs), -1),
+            mask[b : b + 1].expand(len(outputs), -1),
+            outputs,
+        )
+        i = max(range(len(outputs)), key=scores.__getitem__)
+        best.append((outputs[i], scores[i]))
+    return best
+
+
+@pytest.mark.parametrize("greedy_floor", [False, True])
+def test_a_beam_that_never_prunes_finds_the_exhaustive_optimum(greedy_floor):
+    model, V = ToyModel(), 6
+    src, mask = toy_batch(V)
+    assert max_output_lengths(mask, 0.01, CAP).tolist() == [CAP] * 16
+    best = exhaustive_best(model, src, mask, V)
+    greedy = greedy_search(model, src, mask, 0.01, CAP)
+    # Not a trivial case: greedy decoding misses the optimum, which is not always the empty output.
+    assert sum(g.log_prob < s - 1e-4 for g, (_, s) in zip(greedy, best)) >= 4
+    assert sum(bool(tokens) for tokens, _ in best) >= 4
+    # (V - 1) ** CAP beams hold every prefix: with alpha = 0 nothing may be lost, and a sentence may
+    # stop early only once no live prefix can beat its best output.
+    beam = beam_search(
+        model, src, mask, (V - 1) ** CAP, 0.0, 0.01, CAP, n_best=3, greedy_floor=greedy_floor
+    )
+    for hyps, (tokens, score) in zip(beam, best):
+        assert hyps[0].tokens == tokens and hyps[0].log_prob == pytest.approx(score, abs=1e-4)
+    rescored = [
+        score_hypotheses(
+            model,
+            src[b : b + 1].expand(3, -1),
+            mask[b : b + 1].expand(3, -1),
+            [h.tokens for h in hyps],
+        )
+        for b, hyps in enumerate(beam)
+    ]
+    for hyps, scores in zip(beam, rescored):
+        assert len({tuple(h.tokens) for h in hyps}) == 3
+        assert [h.log_prob for h in hyps] == pytest.approx(
+            scores, abs=1e-4
+        )  # the search's sums are the model's
+        assert all(a.score >= b.score for a, b in zip(hyps, hyps[1:]))
+
+
+def test_narrow_beams_prune_and_the_greedy_floor_holds():
+    model, V = ToyModel(), 6
+    src, mask = toy_batch(V)
+    best = exhaustive_best(model, src, mask, V)
+    greedy = greedy_search(model, src, mask, 0.01, CAP)
+    for floor in (False, True):
+        beam = [h[0] for h in beam_search(model, src, mask, 2, 0.0, 0.01, CAP, greedy_floor=floor)]
+        rescored = [
+            score_hypotheses(model, src[b : b + 1], mask[b : b + 1], [h.tokens])[0]
+            for b, h in enumerate(beam)
+        ]
+        assert [h.log_prob for h in beam] == pytest.approx(rescored, abs=1e-4)
+        assert all(h.log_prob <= s + 1e-4 for h, (_, s) in zip(beam, best))
+        assert (
+            sum(h.log_prob < s - 1e-4 for h, (_, s) in zip(beam, best)) >= 1
+        )  # two beams lose some optima
+        if floor:
+            assert all(h.log_prob >= g.log_prob - 1e-4 for h, g in zip(beam, greedy))
+
+
+@pytest.fixture(params=MODELS)
+def untrained(request):
+    return build_tiny_model(request.param, vocab_size=8)
+
+
+def test_searches_agree_with_each_other_and_with_the_models_scores(untrained):
+    """Fast checks of what the trained-model tests below check, through each model's own
+    incremental state (caches reordered between beams)."""
+    src, mask = toy_batch(8, sentences=6)
+    greedy = greedy_search(untrained, src, mask, 1.0, 2)
+    one = beam_search(untrained, src, mask, 1, max_len_ratio=1.0, max_len_extra=2)
+    assert [h[0].tokens for h in one] == [g.tokens for g in greedy]
+    beams = beam_search(untrained, src, mask, 4, 0.0, 1.0, 2, n_best=2, greedy_floor=False)
+    rescored = score_hypotheses(
+        untrained,
+        src.repeat_interleave(2, 0),
+        mask.repeat_interleave(2, 0),
+        [h.tokens for hyps in beams for h in hyps],
+    )
+    assert [h.log_prob for hyps in beams for h in hyps] == pytest.approx(rescored, abs=1e-4)
+    for i in (0, 5):
+        length = int(mask[i].sum())
+        single = beam_search(
+            untrained,
+            src[i : i + 1, :length],
+            mask[i : i + 1, :length],
+            4,
+            0.0,
+            1.0,
+            2,
+            n_best=2,
+            greedy_floor=False,
+        )
+        assert [h.tokens for h in single[0]] == [h.tokens for h in beams[i]]
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -70,8 +234,12 @@ def test_batched_beam_search_equals_one_sentence_at_a_time(trained):
     for i in range(0, N, 7):
         length = int(batch["src_mask"][i].sum())
         single = beam_search(
-            model, batch["src"][i : i + 1, :length], batch["src_mask"][i : i + 1, :length],
-            beam_size=4, alpha=0.6, n_best=2,
+            model,
+            batch["src"][i : i + 1, :length],
+            batch["src_mask"][i : i + 1, :length],
+            beam_size=4,
+            alpha=0.6,
+            n_best=2,
         )[0]
         assert [h.tokens for h in single] == [h.tokens for h in batched[i]]
         for a, b in zip(single, batched[i]):
@@ -92,4 +260,10 @@ def test_output_length_cap_is_respected(trained):
 
 def test_beam_search_rejects_bad_sizes():
     with pytest.raises(ValueError, match="n_best"):
-        beam_search(None, torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool), 2, n_best=3)
+        beam_search(
+            None,
+            torch.zeros(1, 1, dtype=torch.long),
+            torch.ones(1, 1, dtype=torch.bool),
+            2,
+            n_best=3,
+        )
