@@ -91,7 +91,7 @@ def test_every_trainer_config_instantiates(name, tmp_path):
 def test_overrides_change_the_built_model():
     def parameters(*overrides: str) -> int:
         cfg = compose_config("train", list(overrides))
-        return build(cfg.model, "model", src_vocab_size=100, tgt_vocab_size=100, joint_vocab=True).num_parameters()
+        return build_model(cfg.model, 100, 100, joint_vocab=True).num_parameters()
 
     assert parameters("model.hidden_size=128") < parameters("model.hidden_size=160")
     # Luong's scores (eq. 8): dot has no weights, general one matrix, concat a matrix and a vector.
