@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attnmt.data.datamodule import TranslationDataModule
 from attnmt.errors import ConfigError
+from attnmt.loggers import check_logger_packages
 from attnmt.models.base import Seq2Seq
 from attnmt.resume import check_unchanged, find_checkpoints, requeued, resume_checkpoint
 from attnmt.utils.config import build, check_config
@@ -86,6 +87,7 @@ def check_train_config(cfg: DictConfig) -> None:
     with open_dict(checked):
         checked.trainer.precision = resolve_precision(cfg.trainer)["used"]
     check_config(checked)
+    check_logger_packages(cfg.get("logger"))
 
 
 def train(cfg: DictConfig) -> float | None:
