@@ -114,18 +114,17 @@ class AttentionMonitor(Callback):
 
     # -- at every validation --------------------------------------------------------------------
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or self._sentences is None:
+        # Rank 0 alone: the other ranks hold the same weights, and nothing here is collective.
+        if trainer.sanity_checking or self._sentences is None or not trainer.is_global_zero:
             return
         start = time.perf_counter()
         scores = self.measure(pl_module)
-        # Every rank measured the same sentences with the same weights: no reduction needed.
         pl_module.log("attention/entropy", scores["entropy"], rank_zero_only=True)
         if scores["aer"] is not None:
             pl_module.log("attention/aer", scores["aer"], rank_zero_only=True)
-        if trainer.is_global_zero:
-            record = self.draw(trainer, pl_module, scores)
-            if self.log_images:
-                send_to_loggers(trainer.loggers, record, self.dirpath)
+        record = self.draw(trainer, pl_module, scores)
+        if self.log_images:
+            send_to_loggers(trainer.loggers, record, self.dirpath)
         self.seconds += time.perf_counter() - start
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
