@@ -107,9 +107,14 @@ class AttentionMonitor(Callback):
 
         from attnmt.search import forced_attention
 
-        dataset = self._sentences[0]
+        dataset, model = self._sentences[0], pl_module.model
         src = torch.tensor([dataset.src[0][:8]], device=pl_module.device)
-        attn, _ = forced_attention(pl_module.model, src, torch.ones_like(src, dtype=torch.bool), [[]])
+        training = model.training
+        model.eval()  # no dropout: the probe must not draw from the random stream training uses
+        try:
+            attn, _ = forced_attention(model, src, torch.ones_like(src, dtype=torch.bool), [[]])
+        finally:
+            model.train(training)
         return attn["cross"].size(1)
 
     # -- at every validation --------------------------------------------------------------------
