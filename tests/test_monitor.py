@@ -144,6 +144,38 @@ def test_compare_links_each_runs_page(trained_runs):
 
 
 # -- the loggers ---------------------------------------------------------------------------------------
+LOGGER_PACKAGES = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "many_loggers": "tensorboard"}
+
+
+def test_every_logger_option_is_tested_here():
+    from conftest import CONF
+
+    assert sorted(p.stem for p in (CONF / "logger").glob("*.yaml")) == sorted(LOGGER_PACKAGES)
+
+
+@pytest.mark.parametrize("name", sorted(LOGGER_PACKAGES))
+def test_every_logger_config_instantiates_lightnings_class_writing_under_the_run_folder(name, tmp_path, monkeypatch):
+    from hydra.utils import instantiate
+    from pytorch_lightning.loggers import Logger
+
+    package = LOGGER_PACKAGES[name]
+    if package and importlib.util.find_spec(package) is None:
+        pytest.skip(f'{package} is not installed (pip install -e ".[{package}]")')
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = compose_config("train", [f"logger={name}"], tmp_path / "run")
+    loggers = {key: instantiate(node) for key, node in cfg.logger.items()}
+    assert sorted(loggers) == {"many_loggers": ["csv", "tensorboard"]}.get(name, [name])
+    for key, logger in loggers.items():
+        # Lightning's own class (csv: attnmt's subclass of Lightning's, which continues a resumed run)
+        assert isinstance(logger, Logger) and type(logger).__module__.split(".")[0] == ("attnmt" if key == "csv" else "pytorch_lightning")
+        if key == "mlflow":
+            assert cfg.logger.mlflow.tracking_uri == f"file:{tmp_path / 'run'}/mlruns"
+        elif key == "wandb":
+            assert cfg.logger.wandb.offline is True and Path(logger.save_dir) == tmp_path / "run"
+        else:
+            assert Path(logger.log_dir) == tmp_path / "run" / key
+
+
 def short_run(tiny_data_dir, out: Path, logger: str, steps: int = 40) -> Path:
     cfg = compose_config(
         "train",
