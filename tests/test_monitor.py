@@ -169,7 +169,7 @@ def test_every_logger_config_instantiates_lightnings_class_writing_under_the_run
         # Lightning's own class (csv: attnmt's subclass of Lightning's, which continues a resumed run)
         assert isinstance(logger, Logger) and type(logger).__module__.split(".")[0] == ("attnmt" if key == "csv" else "pytorch_lightning")
         if key == "mlflow":
-            assert cfg.logger.mlflow.tracking_uri == f"file:{tmp_path / 'run'}/mlruns"
+            assert cfg.logger.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'run'}/mlflow.db"
         elif key == "wandb":
             assert cfg.logger.wandb.offline is True and Path(logger.save_dir) == tmp_path / "run"
         else:
@@ -224,7 +224,11 @@ def test_wandb_offline_run_holds_the_pictures(tiny_data_dir, tmp_path, monkeypat
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason='mlflow is not installed (pip install -e ".[mlflow]")')
 def test_mlflow_local_run_holds_the_pictures(tiny_data_dir, tmp_path):
+    from mlflow.tracking import MlflowClient
+
     run_dir = short_run(tiny_data_dir, tmp_path / "run", "mlflow", steps=20)
-    pictures = list((run_dir / "mlruns").rglob("artifacts/attention/step_0000020/*.png"))
-    assert len(pictures) >= 2, list((run_dir / "mlruns").rglob("*"))[:50]
-    assert list((run_dir / "mlruns").rglob("metrics/attention/entropy"))
+    pictures = list((run_dir / "mlartifacts").glob("*/artifacts/attention/step_0000020/*.png"))
+    assert len(pictures) == 2  # two sentences, one validation
+    client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("attnmt").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "attention/entropy")] == [20]
