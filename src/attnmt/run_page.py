@@ -82,8 +82,8 @@ class RunPage(Callback):
                 monitor.dirpath if monitor is not None else None, trainer.global_step, finished,
                 self.gif_frames if self.gif else 0,
             )
-        except OSError as e:  # the page is a view of the run: never a reason to stop it
-            log.warning("run page not written: %s", e)
+        except Exception as e:  # the page is a view of the run: never a reason to stop it
+            log.warning("run page not written: %s: %s", type(e).__name__, e)
         self.seconds += time.perf_counter() - start
 
     def state_dict(self) -> dict:
