@@ -44,6 +44,7 @@ class RunPage(Callback):
         self.gif_frames = gif_frames
         self.history: dict[str, list[tuple[int, float]]] = {}  # logged name -> [(step, value)]
         self.seconds = 0.0  # spent writing the page, reported at the end
+        self._drawn_step: int | None = None  # the step curves.png and the GIFs were drawn at
 
     def _add(self, name: str, step: int, value) -> None:
         if value is None:
@@ -80,8 +81,9 @@ class RunPage(Callback):
             write_run_page(
                 self.dirpath, getattr(pl_module, "train_config", {}), self.history,
                 monitor.dirpath if monitor is not None else None, trainer.global_step, finished,
-                self.gif_frames if self.gif else 0,
+                self.gif_frames if self.gif else 0, redraw=trainer.global_step != self._drawn_step,
             )
+            self._drawn_step = trainer.global_step
         except Exception as e:  # the page is a view of the run: never a reason to stop it
             log.warning("run page not written: %s: %s", type(e).__name__, e)
         self.seconds += time.perf_counter() - start
@@ -170,13 +172,15 @@ def _fmt(value) -> str:
 
 def write_run_page(
     run_dir: Path, config: dict, history: dict[str, list[tuple[int, float]]], attention_dir: Path | None,
-    step: int, finished: bool, gif_frames: int = 40,
+    step: int, finished: bool, gif_frames: int = 40, redraw: bool = True,
 ) -> Path:
     """``run_dir/index.html`` (with ``curves.png`` and the GIFs) from what the run has logged and
-    the attention monitor's records; returns the page's path."""
+    the attention monitor's records; returns the page's path. ``redraw=False``: the pictures are
+    those of the same step (the end of training right after its last validation), kept as they are."""
     esc = html.escape
     run_dir = Path(run_dir)
-    plot_curves(history, run_dir / "curves.png")
+    if redraw:
+        plot_curves(history, run_dir / "curves.png")
     records = read_records(attention_dir) if attention_dir is not None and attention_dir.is_dir() else []
     rel = (lambda p: Path(os.path.relpath(p, run_dir)).as_posix())
     bleu = dict(history.get("val/bleu", []))
@@ -200,7 +204,8 @@ def write_run_page(
         gif = ""
         if gif_frames and len(records) > 1:
             gif_path = attention_dir / f"{first['index']:04d}.gif"
-            write_gif([attention_dir / r["sentences"][k]["images"][0] for r in records], gif_path, gif_frames)
+            if redraw or not gif_path.is_file():
+                write_gif([attention_dir / r["sentences"][k]["images"][0] for r in records], gif_path, gif_frames)
             gif = f'<details><summary>animated GIF</summary><img src="{esc(rel(gif_path))}" alt="attention over training, sentence {first["index"]}"></details>'
         images = "".join(
             f'<img id="img{k}_{n}" src="{esc(p)}" alt="attention, sentence {first["index"]}">' for n, p in enumerate(last["images"])
