@@ -4,7 +4,8 @@
 
 writes ``comparison.md``, ``comparison.csv`` and ``val_bleu.png`` (validation BLEU against
 training step, one line per run) into that folder, and prints the table. Test BLEU is decoded
-here, greedily, from each run's best checkpoint on the test split of its own data.
+here, greedily, from each run's best checkpoint on the test split of its own data. The ``page``
+column links each run's page (``<run>/index.html``, :mod:`attnmt.run_page`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from attnmt.errors import DataError, exit_on_user_error
 from attnmt.utils.cli import ArgumentParser
 from attnmt.utils.io import atomic_write_text
 
-COLUMNS = ["run", "model", "params", "train_seconds", "best_val_bleu", "test_bleu"]
+COLUMNS = ["run", "model", "params", "train_seconds", "best_val_bleu", "test_bleu", "page"]
 
 
 def find_runs(folder: Path) -> list[Path]:
@@ -47,6 +48,12 @@ def validation_curve(run: Path) -> list[tuple[int, float]]:
         return []
     with open(metrics, newline="") as f:
         return [(int(r["step"]), float(r["val/bleu"])) for r in csv.DictReader(f) if r.get("val/bleu")]
+
+
+def run_page_link(run: Path, folder: Path) -> str:
+    """The run's page as a Markdown link relative to ``folder``, or "" if the run has none."""
+    page = run / "index.html"
+    return f"[index.html]({page.relative_to(folder).as_posix()})" if page.is_file() else ""
 
 
 def summarize(run: Path, label: str, split: str = "test") -> dict:
@@ -98,7 +105,7 @@ def compare(folder: str | Path) -> list[dict]:
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
     runs = find_runs(folder)
-    rows = [summarize(run, label) for run, label in zip(runs, run_labels(runs))]
+    rows = [summarize(run, label) | {"page": run_page_link(run, folder)} for run, label in zip(runs, run_labels(runs))]
     signature = rows[0]["signature"]
     atomic_write_text(
         folder / "comparison.md",

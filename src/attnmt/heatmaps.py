@@ -76,20 +76,22 @@ def _gold_cells(sure: set[Link], possible: set[Link], rows: list[str], cols: lis
 def export_heatmaps(
     model: Seq2Seq, tokenizer: Tokenizer, dataset: ParallelDataset, hyp_ids: list[list[int]],
     references: list[str], gold: list[tuple[set[Link], set[Link]]] | None, out_dir: Path,
-    settings: HeatmapSettings, model_name: str, search: str,
+    settings: HeatmapSettings, model_name: str, search: str, subdir: str = "heatmaps",
 ) -> dict[int, list[Path]]:
-    """Pictures for the first ``settings.num_plots`` sentences: ``{sentence: [files]}``."""
+    """Pictures for the first ``settings.num_plots`` sentences, in ``out_dir/subdir``:
+    ``{sentence: [files]}``."""
     pictures: dict[int, list[Path]] = {}
     what = ATTENTIONS[settings.attention]
+    device = next(model.parameters()).device  # during training (the attention monitor): maybe a GPU
     for i in range(min(settings.num_plots, len(dataset))):
         target = hyp_ids[i] if settings.target == "hypothesis" else dataset.tgt[i][1:-1]
-        src = torch.tensor([dataset.src[i]])
+        src = torch.tensor([dataset.src[i]], device=device)
         attn, _ = forced_attention(model, src, torch.ones_like(src, dtype=torch.bool), [target])
         if settings.attention not in attn:
             raise ConfigError(
                 f"eval.attention={settings.attention}: {model_name} has no {what}; it has {', '.join(sorted(attn))}"
             )
-        weights = attn[settings.attention][0].float().numpy()  # (L, H, rows, cols)
+        weights = attn[settings.attention][0].float().cpu().numpy()  # (L, H, rows, cols)
         src_pieces = tokenizer.src_pieces(dataset.src[i])
         emitted = tokenizer.tgt_pieces(target) + ["</s>"]
         rows, cols, xlabel, ylabel = {
@@ -109,14 +111,14 @@ def export_heatmaps(
         where = "" if L == H == 1 else f", layer {layer + 1} of {L}" + (f", mean of {H} heads" if H > 1 else "")
         source = f"{search} output" if settings.target == "hypothesis" else "reference, teacher-forced"
         title = f"{model_name}: {what}{where}\nsentence {i}, {source}, {settings.level} level"
-        stem = out_dir / "heatmaps" / (f"{i:04d}.{settings.attention}" + (f".layer{layer + 1}" if L > 1 else ""))
+        stem = out_dir / subdir / (f"{i:04d}.{settings.attention}" + (f".layer{layer + 1}" if L > 1 else ""))
         files = plot_attention(
             weights[layer].mean(0), cols, rows, title, stem, settings.formats, xlabel, ylabel, sure, possible
         )
         if settings.grid and L * H > 1:
             files += plot_attention_grid(
                 weights, cols, rows, f"{model_name}: {what}, every layer and head\nsentence {i}, {source}",
-                out_dir / "heatmaps" / f"{i:04d}.{settings.attention}.grid", settings.formats,
+                out_dir / subdir / f"{i:04d}.{settings.attention}.grid", settings.formats,
             )
         pictures[i] = files
     return pictures

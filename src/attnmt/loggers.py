@@ -1,4 +1,4 @@
-"""A CSV logger whose history survives a resume.
+"""A CSV logger whose history survives a resume; the packages Lightning's other loggers need.
 
 Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it starts. Here a resumed run
 keeps the rows logged before its checkpoint and drops the rows of steps it is about to repeat
@@ -8,13 +8,41 @@ keeps the rows logged before its checkpoint and drops the rows of steps it is ab
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 
 from pytorch_lightning.loggers import CSVLogger as _CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
+from attnmt.errors import ConfigError
 from attnmt.utils.io import atomic_path
+
+# Lightning logger class -> (modules that provide it, any one will do; the attnmt extra to install)
+NEEDS = {
+    "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "WandbLogger": (("wandb",), "wandb"),
+    "MLFlowLogger": (("mlflow",), "mlflow"),
+}
+
+
+def check_logger_packages(loggers: dict) -> None:
+    """A one-line error, before any work, for a chosen logger whose package is not installed
+    (Lightning would only fail once the run has started)."""
+    from hydra.utils import get_object
+
+    for key, node in (loggers or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        for cls in getattr(get_object(node["_target_"]), "__mro__", ()):
+            if cls.__name__ in NEEDS and cls.__module__.startswith(("pytorch_lightning.", "lightning.")):
+                modules, extra = NEEDS[cls.__name__]
+                if not any(importlib.util.find_spec(m) for m in modules):
+                    raise ConfigError(
+                        f"logger.{key}: {cls.__name__} needs the {modules[0]} package, which is not installed: "
+                        f'pip install -e ".[{extra}]" (or pip install {modules[0]})'
+                    )
+                break
 
 
 class _ContinuingWriter(ExperimentWriter):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attnmt.data.datamodule import TranslationDataModule
 from attnmt.errors import ConfigError
+from attnmt.loggers import check_logger_packages
 from attnmt.models import Seq2Seq, build_model
 from attnmt.task import TranslationTask
 from attnmt.resume import check_unchanged, find_checkpoints, requeued, resume_checkpoint
@@ -82,6 +83,7 @@ def check_train_config(cfg: DictConfig) -> None:
     with open_dict(checked):
         checked.trainer.precision = resolve_precision(cfg.trainer)["used"]
     check_config(checked)
+    check_logger_packages(cfg.get("logger"))
 
 
 def build_run(
