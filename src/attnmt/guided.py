@@ -64,7 +64,8 @@ def subword_links(links: set[Link], src_pieces: list[str], tgt_pieces: list[str]
 
 
 def _key(src_ids: list[int], tgt_ids: list[int]) -> bytes:
-    return np.asarray(src_ids, dtype=np.int32).tobytes() + b"|" + np.asarray(tgt_ids, dtype=np.int32).tobytes()
+    """A pair's token ids as one dictionary key (the source length first: unambiguous)."""
+    return np.asarray([len(src_ids), *src_ids, *tgt_ids], dtype=np.int32).tobytes()
 
 
 class GuidedAlignment:
