@@ -125,18 +125,39 @@ def merge_to_words(weights: np.ndarray, row_words: list[int | None], col_words: 
     return rows @ weights.astype(np.float64) @ cols
 
 
+METHODS = ("argmax", "threshold", "shift")
+
+
 def hard_links(word_weights: np.ndarray, method: str = "argmax", threshold: float = 0.5) -> set[Link]:
     """Links ``(source, target)`` from word-level cross-attention ``(T_words, S_words)``: each
-    target word to its most attended source word (``argmax``), or every pair whose weight is at
-    least ``threshold``."""
+    target word to its most attended source word (``argmax``, also used by ``shift`` once its rows
+    are picked), or every pair whose weight is at least ``threshold``."""
     T, S = word_weights.shape
     if T == 0 or S == 0:
         return set()
-    if method == "argmax":
+    if method in ("argmax", "shift"):
         return {(int(i), j) for j, i in enumerate(word_weights.argmax(1))}
     if method == "threshold":
         return {(int(i), int(j)) for j, i in zip(*np.nonzero(word_weights >= threshold))}
-    raise ValueError(f"alignment method {method!r} is not one of argmax, threshold")
+    raise ValueError(f"alignment method {method!r} is not one of {', '.join(METHODS)}")
+
+
+def sentence_links(
+    weights: np.ndarray, tgt_pieces: list[str], src_pieces: list[str], method: str = "argmax", threshold: float = 0.5,
+) -> set[Link]:
+    """Word links of one sentence pair from its subword cross-attention ``(T + 1, S)``: row ``t``
+    is the decoding step that reads ``tgt_in[t]`` (``<s>`` then the ``T`` target pieces), i.e. the
+    step that emits target piece ``t`` (or ``</s>`` for ``t = T``).
+
+    ``argmax`` / ``threshold`` score target piece ``t`` with row ``t`` (the weights while emitting
+    it); ``shift`` (Chen et al., 2020, Shift-Att) with row ``t + 1``, the step where piece ``t`` is
+    the decoder's input. Columns of ``</s>`` (and other special pieces) are dropped before any
+    choice, so the source ``</s>`` is never a link target.
+    """
+    n = len(tgt_pieces)
+    rows = weights[1 : n + 1] if method == "shift" else weights[:n]  # (T, S)
+    w = merge_to_words(rows[:, : len(src_pieces)], word_ids(tgt_pieces), word_ids(src_pieces))
+    return hard_links(w, method, threshold)
 
 
 def layer_index(layer: int, num_layers: int, key: str = "eval.layer") -> int:
@@ -151,7 +172,8 @@ def attention_links(
     batch_tokens: int = 8000, layers: list[int] | None = None, method: str = "argmax", threshold: float = 0.5,
 ) -> list[list[set[Link]]]:
     """Word alignments of (source ``dataset.src[i]``, target ids) pairs from the model's
-    cross-attention while it reads the target: per layer in ``layers`` (all when ``None``), one
+    cross-attention while it reads the target (rows chosen by ``method``, see
+    :func:`sentence_links`): per layer in ``layers`` (all when ``None``), one
     link set per pair. Heads are averaged; subwords are merged to words first."""
     lengths = [max(len(dataset.src[i]), len(t) + 1) for i, t in pairs]
     sampler = TokenBucketBatchSampler(lengths, batch_tokens, shuffle=False)
@@ -168,9 +190,7 @@ def attention_links(
                 out = [[set() for _ in pairs] for _ in chosen]
             for b, k in enumerate(batch):
                 src_ids, tgt = dataset.src[pairs[k][0]], pairs[k][1]
-                rows = word_ids(tokenizer.tgt_pieces(tgt) + ["</s>"])
-                cols = word_ids(tokenizer.src_pieces(src_ids))
+                tgt_pieces, src_pieces = tokenizer.tgt_pieces(tgt), tokenizer.src_pieces(src_ids)
                 for n, layer in enumerate(chosen):
-                    w = merge_to_words(cross[b, layer, : len(rows), : len(cols)], rows, cols)
-                    out[n][k] = hard_links(w, method, threshold)
+                    out[n][k] = sentence_links(cross[b, layer, : len(tgt) + 1], tgt_pieces, src_pieces, method, threshold)
     return out or [[] for _ in (layers or [0])]

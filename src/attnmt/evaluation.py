@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 import torch
 from omegaconf import DictConfig
 
+from attnmt.align_report import best_layer, eflomal_baseline, per_layer_aer
+from attnmt.aligner import require_eflomal
 from attnmt.alignment import alignment_error_rate, attention_links, format_links, layer_index, read_gold
 from attnmt.checkpoint import load_for_decoding
 from attnmt.data.dataset import ParallelDataset, encode_for_eval
@@ -49,19 +51,20 @@ class EvalSettings:
 
     num_plots: Annotated[int, Ge(0)] = 10
     attention: Literal["cross", "encoder_self", "decoder_self"] = "cross"
-    layer: int = -1
+    layer: int | Literal["best"] = -1
     plot_grid: bool = True
     level: Literal["word", "subword"] = "word"
     formats: Annotated[list[Literal["png", "svg", "pdf"]], NON_EMPTY] = field(default_factory=lambda: ["png", "svg"])
     plot_target: Literal["hypothesis", "reference"] = "hypothesis"
     gold_alignments: str | None = None
     possible_alignments: str | None = None
-    align_method: Literal["argmax", "threshold"] = "argmax"
+    align_method: Literal["argmax", "threshold", "shift"] = "argmax"
     align_threshold: Annotated[float, Gt(0), Le(1)] = 0.5
+    baseline: Literal["eflomal"] | None = None
 
-    def heatmaps(self) -> HeatmapSettings:
+    def heatmaps(self, layer: int) -> HeatmapSettings:
         return HeatmapSettings(
-            num_plots=self.num_plots, attention=self.attention, layer=self.layer, grid=self.plot_grid,
+            num_plots=self.num_plots, attention=self.attention, layer=layer, grid=self.plot_grid,
             level=self.level, formats=tuple(self.formats), target=self.plot_target,
         )
 
@@ -96,7 +99,6 @@ def evaluate(cfg: DictConfig) -> dict:
     check_config(cfg, EvaluateSettings)  # every key, before the model loads
     decode: DecodeSettings = build(cfg.decode, "decode")
     e: EvalSettings = build(cfg.eval, "eval", _convert_="all")
-    plots = e.heatmaps()
     out_dir = Path(cfg.paths.output_dir)
     model, tokenizer, train_cfg, ckpt_path = load_for_decoding(cfg.ckpt)
     src_file, ref_file, gold_file = split_files(train_cfg, cfg.split, cfg.get("src_file"), cfg.get("ref_file"))
@@ -110,10 +112,16 @@ def evaluate(cfg: DictConfig) -> dict:
     # Settings that depend on the model are checked before the long work starts.
     first = torch.tensor([tokenizer.encode_src(sources[:1])[0][:8] + [EOS_ID]])
     probe, _ = forced_attention(model, first, torch.ones_like(first, dtype=torch.bool), [[]])
-    if plots.attention not in probe:
-        raise ConfigError(f"eval.attention={plots.attention}: {model_name} has no {plots.attention} attention; it has {', '.join(sorted(probe))}")
-    layer_index(e.layer, probe[plots.attention].size(1))
-    layer_index(e.layer, probe["cross"].size(1))
+    if e.attention not in probe:
+        raise ConfigError(f"eval.attention={e.attention}: {model_name} has no {e.attention} attention; it has {', '.join(sorted(probe))}")
+    if e.layer != "best":
+        layer_index(e.layer, probe[e.attention].size(1))
+        layer_index(e.layer, probe["cross"].size(1))
+    chosen = best_layer(model, tokenizer, train_cfg, e.align_method, e.align_threshold, decode.batch_tokens) if e.layer == "best" else None
+    if e.baseline == "eflomal":
+        require_eflomal("eval.baseline=eflomal")
+    if e.layer == "best" and chosen is None:
+        log.warning("eval.layer=best: the validation split has no gold alignments; using the last layer")
 
     dataset, hyp_ids, hypotheses, scores = decode_lines(model, tokenizer, train_cfg, sources, references, decode)
     atomic_write_text(out_dir / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
@@ -121,16 +129,30 @@ def evaluate(cfg: DictConfig) -> dict:
     # Word alignments of each source with its reference, read by the model (teacher-forced).
     pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
     per_layer = attention_links(model, tokenizer, dataset, pairs, decode.batch_tokens, None, e.align_method, e.align_threshold)
-    layer = layer_index(e.layer, len(per_layer))
+    layer = chosen[0] if chosen else layer_index(-1 if e.layer == "best" else e.layer, len(per_layer))
     atomic_write_text(out_dir / "alignments.txt", "".join(format_links(x) + "\n" for x in per_layer[layer]))
     alignment = {"file": "alignments.txt", "layer": layer, "num_layers": len(per_layer), "method": e.align_method}
+    if e.layer == "best":
+        alignment["layer_choice"] = (
+            {"by": "lowest validation AER", "gold_file": chosen[2], "valid_aer_per_layer": chosen[1]}
+            if chosen else {"by": "last layer: the validation split has no gold alignments"}
+        )
+    baseline = None
     if gold is not None:
         alignment["gold_file"] = str(gold_file)
-        alignment["aer_per_layer"] = [round(100 * alignment_error_rate(x, gold), 2) for x in per_layer]
+        alignment["aer_per_layer"] = per_layer_aer(per_layer, gold)
         alignment["aer"] = alignment["aer_per_layer"][layer]
+        if e.baseline == "eflomal":
+            baseline = eflomal_baseline(train_cfg, sources, references)
+            atomic_write_text(out_dir / "alignments.eflomal.txt", "".join(format_links(x) + "\n" for x in baseline))
+            alignment["baseline"] = {"aligner": "eflomal", "symmetrisation": "grow-diag-final-and", "file": "alignments.eflomal.txt"}
+            alignment["aer_baseline"] = round(100 * alignment_error_rate(baseline, gold), 2)
+    elif e.baseline is not None:
+        log.warning("eval.baseline=%s: no gold alignments for %s, so no AER to compare", e.baseline, src_file)
+    plots = e.heatmaps(layer if e.attention == "cross" else layer_index(-1 if e.layer == "best" else e.layer, probe[e.attention].size(1)))
 
     pictures = export_heatmaps(
-        model, tokenizer, dataset, hyp_ids, references, gold, out_dir, plots, model_name, decode.search
+        model, tokenizer, dataset, hyp_ids, references, gold, out_dir, plots, model_name, decode.search, baseline
     )
     results = {
         **scores,
@@ -146,6 +168,7 @@ def evaluate(cfg: DictConfig) -> dict:
         },
         **({"aer": alignment["aer"]} if "aer" in alignment else {}),
         **({"aer_per_layer": alignment["aer_per_layer"]} if "aer" in alignment and len(per_layer) > 1 else {}),
+        **({"aer_baseline": alignment["aer_baseline"]} if "aer_baseline" in alignment else {}),
         "alignment": alignment,
         "heatmaps": sum(len(v) for v in pictures.values()),
     }
@@ -158,7 +181,9 @@ def evaluate(cfg: DictConfig) -> dict:
         **{name.upper() if name != "chrf" else "chrF": f"{scores[name]['score']:.2f}  ({scores[name]['signature']})" for name in ("bleu", "chrf", "ter")},
     }
     if gold is not None:
-        summary["AER"] = f"{alignment['aer']:.2f}  (layer {layer + 1} of {len(per_layer)}, heads averaged, {e.align_method}, gold {gold_file})"
+        summary["AER"] = f"{alignment['aer']:.2f}  (layer {layer + 1} of {len(per_layer)}{' (best on valid)' if chosen else ''}, heads averaged, {e.align_method}, gold {gold_file})"
+        if "aer_baseline" in alignment:
+            summary["AER eflomal"] = f"{alignment['aer_baseline']:.2f}  (both directions, grow-diag-final-and, same gold)"
         if len(per_layer) > 1:
             summary["AER per layer"] = "  ".join(f"{x:.2f}" for x in alignment["aer_per_layer"])
     write_index(out_dir / "index.html", f"attnmt evaluation: {model_name}", summary, sources, hypotheses, references, pictures)
@@ -168,7 +193,9 @@ def evaluate(cfg: DictConfig) -> dict:
     for name, label in (("bleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER")):
         print(f"  {label:7s} {scores[name]['score']:6.2f}   {scores[name]['signature']}")
     if gold is not None:
-        print(f"  {'AER':7s} {alignment['aer']:6.2f}   layer {layer + 1}/{len(per_layer)}, heads averaged, {e.align_method}, vs {gold_file}")
+        print(f"  {'AER':7s} {alignment['aer']:6.2f}   layer {layer + 1}/{len(per_layer)}{' (best on valid)' if chosen else ''}, heads averaged, {e.align_method}, vs {gold_file}")
+        if "aer_baseline" in alignment:
+            print(f"  {'eflomal':7s} {alignment['aer_baseline']:6.2f}   AER of eflomal (both directions, grow-diag-final-and), same gold")
         if len(per_layer) > 1:
             print("  AER per layer: " + ", ".join(f"{i + 1}: {x:.2f}" for i, x in enumerate(alignment["aer_per_layer"])))
     print(f"  wrote hypotheses.txt, alignments.txt, results.json, index.html and {results['heatmaps']} images to {out_dir}")

@@ -76,10 +76,12 @@ def _gold_cells(sure: set[Link], possible: set[Link], rows: list[str], cols: lis
 def export_heatmaps(
     model: Seq2Seq, tokenizer: Tokenizer, dataset: ParallelDataset, hyp_ids: list[list[int]],
     references: list[str], gold: list[tuple[set[Link], set[Link]]] | None, out_dir: Path,
-    settings: HeatmapSettings, model_name: str, search: str, subdir: str = "heatmaps",
+    settings: HeatmapSettings, model_name: str, search: str, baseline: list[set[Link]] | None = None,
+    subdir: str = "heatmaps",
 ) -> dict[int, list[Path]]:
     """Pictures for the first ``settings.num_plots`` sentences, in ``out_dir/subdir``:
-    ``{sentence: [files]}``."""
+    ``{sentence: [files]}``; gold links and ``baseline``'s (an aligner's, e.g. eflomal's) marked
+    where the target is the reference's."""
     pictures: dict[int, list[Path]] = {}
     what = ATTENTIONS[settings.attention]
     device = next(model.parameters()).device  # during training (the attention monitor): maybe a GPU
@@ -99,11 +101,13 @@ def export_heatmaps(
             "encoder_self": (src_pieces, src_pieces, "source (attended)", "source (attending)"),
             "decoder_self": (emitted, ["<s>"] + emitted[:-1], "target prefix (attended)", "target (emitted)"),
         }[settings.attention]
-        sure = possible = ()
-        if settings.attention == "cross" and gold is not None:
+        sure = possible = aligner = ()
+        if settings.attention == "cross" and (gold is not None or baseline is not None):
             same = settings.target == "reference" or words(emitted) == references[i].split()
-            if same:
+            if same and gold is not None:
                 sure, possible = _gold_cells(*gold[i], rows, cols, settings.level)
+            if same and baseline is not None:
+                aligner = _gold_cells(baseline[i], set(), rows, cols, settings.level)[0]
         if settings.level == "word":
             weights, rows, cols = _merge(weights, rows, cols)
         L, H = weights.shape[:2]
@@ -113,7 +117,7 @@ def export_heatmaps(
         title = f"{model_name}: {what}{where}\nsentence {i}, {source}, {settings.level} level"
         stem = out_dir / subdir / (f"{i:04d}.{settings.attention}" + (f".layer{layer + 1}" if L > 1 else ""))
         files = plot_attention(
-            weights[layer].mean(0), cols, rows, title, stem, settings.formats, xlabel, ylabel, sure, possible
+            weights[layer].mean(0), cols, rows, title, stem, settings.formats, xlabel, ylabel, sure, possible, aligner
         )
         if settings.grid and L * H > 1:
             files += plot_attention_grid(

@@ -36,30 +36,33 @@ def _heatmap(ax, weights: np.ndarray, cols: list[str], rows: list[str], fontsize
     return im
 
 
-def _markers(ax, sure: Cells, possible: Cells, size: float) -> None:
+def _markers(ax, sure: Cells, possible: Cells, size: float, aligner: Cells = ()) -> None:
     if sure:
         r, c = zip(*sure)
         ax.scatter(c, r, s=size, facecolors="none", edgecolors="#ff4040", linewidths=1.4, label="gold (sure)")
     if possible:
         r, c = zip(*possible)
         ax.scatter(c, r, s=size * 0.5, marker="x", color="#ff9040", linewidths=1.0, label="gold (possible)")
-    if sure or possible:
+    if aligner:  # a third kind: a statistical aligner's links, drawn over the gold circles
+        r, c = zip(*aligner)
+        ax.scatter(c, r, s=size * 0.6, marker="+", color="#40c0ff", linewidths=1.2, label="eflomal")
+    if sure or possible or aligner:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, -0.02), fontsize=7, frameon=False)
 
 
 def plot_attention(
     weights: np.ndarray, cols: list[str], rows: list[str], title: str, stem: str | Path,
     formats: tuple[str, ...] = ("png",), xlabel: str = "source", ylabel: str = "target",
-    sure: Cells = (), possible: Cells = (),
+    sure: Cells = (), possible: Cells = (), aligner: Cells = (),
 ) -> list[Path]:
     """One heatmap of ``weights`` ``(T, S)``: row ``t`` is the distribution ``rows[t]`` used over
-    ``cols``. Word-level weights (a column sums subwords) may exceed 1 only through rounding."""
+    ``cols``; gold links as circles (sure) and crosses (possible), an aligner's as plus signs. Word-level weights (a column sums subwords) may exceed 1 only through rounding."""
     assert weights.shape == (len(rows), len(cols)), (weights.shape, len(rows), len(cols))
     w = max(4.0, 0.32 * len(cols) + 2.0)
     h = max(3.0, 0.32 * len(rows) + 1.5)
     fig, ax = plt.subplots(figsize=(w, h))
     im = _heatmap(ax, weights, cols, rows, fontsize=9)
-    _markers(ax, list(sure), [c for c in possible if c not in set(sure)], size=60)
+    _markers(ax, list(sure), [c for c in possible if c not in set(sure)], size=60, aligner=list(aligner))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnmt import ops
-
 from attnmt.data.tokenizer import PAD_ID, Tokenizer
 from attnmt.errors import ConfigError
+from attnmt.guided import GuidedAlignment
 from attnmt.utils.schema import Fraction, PositiveFloat
 from attnmt.metrics import bleu
 from attnmt.models.base import Seq2Seq
@@ -46,6 +46,7 @@ class TranslationTask(pl.LightningModule):
         label_smoothing: Fraction = 0.1,
         max_len_ratio: PositiveFloat = 1.5,
         nonfinite: Literal["stop", "skip"] = "stop",
+        guided_alignment: GuidedAlignment | None = None,
     ):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
@@ -59,13 +60,17 @@ class TranslationTask(pl.LightningModule):
         self.label_smoothing = label_smoothing
         self.max_len_ratio = max_len_ratio
         self.guard = NonFiniteGuard(nonfinite)
+        self.guided = guided_alignment if guided_alignment is not None and guided_alignment.active else None
         self._rng_to_restore: dict | None = None
         self._grad_norm: Tensor | None = None  # this update's gradient norm, for clipping
         self._val_outputs: list[tuple[list[int], list[list[int]]]] = []
 
     def loss(self, batch: dict[str, Tensor], label_smoothing: float) -> tuple[Tensor, Tensor]:
         """Summed token cross-entropy over non-padding targets, and the number of those tokens."""
-        logits = self.model(batch["src"], batch["src_mask"], batch["tgt_in"])  # (B, T, V)
+        if self.guided is not None and self.training:  # also the supervised attention's loss
+            logits, self._align_loss = self.guided.forward(self.model, batch)
+        else:
+            logits = self.model(batch["src"], batch["src_mask"], batch["tgt_in"])  # (B, T, V)
         target = batch["tgt_out"]  # (B, T)
         logits, target = logits.reshape(-1, logits.size(-1)), target.reshape(-1)  # (B*T, V), (B*T,)
         if ops.enabled():
@@ -79,11 +84,19 @@ class TranslationTask(pl.LightningModule):
         loss = loss_sum / ntokens
         # Logged also when not finite: Lightning would otherwise repeat the last value for this step.
         self.log("train/loss", loss, prog_bar=True, batch_size=int(ntokens))
+        if self.guided is not None:
+            self.log("train/align_loss", self._align_loss, batch_size=int(ntokens))
+            loss = loss + self.guided.weight * self._align_loss
         if not torch.isfinite(loss):
             self.log("train/grad_norm", float("nan"))
             self.skip_batch(f"loss is {loss.item()}", batch)
             return None  # Lightning makes no update
         return loss
+
+    def setup(self, stage: str) -> None:
+        if self.guided is not None and stage == "fit":  # every rank; the first one runs eflomal
+            dm = self.trainer.datamodule
+            self.guided.prepare(dm.train_files(), self.tokenizer, dm.spm_cache_dir())
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         scheduler = self.lr_schedulers()

@@ -1,0 +1,58 @@
+"""What evaluation adds to the attention's AER: the layer chosen on the validation split's gold
+(``eval.layer=best``) and a real aligner's AER on the same gold (``eval.baseline=eflomal``)."""
+
+from __future__ import annotations
+
+import logging
+
+from attnmt.alignment import Link, alignment_error_rate, attention_links, read_gold
+from attnmt.data.datamodule import encode_for_eval
+from attnmt.data.io import iter_parallel, read_parallel
+from attnmt.data.tokenizer import Tokenizer
+from attnmt.models.base import Seq2Seq
+from attnmt.utils.config import build
+
+log = logging.getLogger(__name__)
+
+
+def per_layer_aer(per_layer: list[list[set[Link]]], gold: list[tuple[set[Link], set[Link]]]) -> list[float]:
+    """AER (%) of each layer's links, rounded as results.json reports it."""
+    return [round(100 * alignment_error_rate(links, gold), 2) for links in per_layer]
+
+
+def best_layer(
+    model: Seq2Seq, tokenizer: Tokenizer, train_cfg: dict, method: str, threshold: float, batch_tokens: int,
+) -> tuple[int, list[float], str] | None:
+    """The layer whose cross-attention (heads averaged, links by ``method``) has the lowest AER
+    on the validation split of the data the model was trained on, with every layer's AER and the
+    gold file; ``None`` when that split has no gold links."""
+    datamodule = build(train_cfg["data"], "data")
+    datamodule.prepare_corpus()
+    gold_file = datamodule.alignment_file("valid")
+    if gold_file is None:
+        return None
+    sources, references = read_parallel(*datamodule.split_files("valid"))
+    gold = read_gold(gold_file)
+    dataset = encode_for_eval(tokenizer, sources, references, max_len=train_cfg["data"].get("max_len", 128))
+    pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
+    aer = per_layer_aer(attention_links(model, tokenizer, dataset, pairs, batch_tokens, None, method, threshold), gold)
+    layer = min(range(len(aer)), key=lambda i: aer[i])  # the first of equals: the lower layer
+    log.info("eval.layer=best: layer %d of %d (validation AER per layer: %s, gold %s)", layer + 1, len(aer), aer, gold_file)
+    return layer, aer, str(gold_file)
+
+
+def eflomal_baseline(train_cfg: dict, sources: list[str], references: list[str]) -> list[set[Link]]:
+    """eflomal's symmetrised links for the evaluated pairs, aligned together with the training
+    corpus (text only: more text makes a better statistical aligner) and cached beside it."""
+    from attnmt.aligner import eflomal_links
+
+    datamodule = build(train_cfg["data"], "data")
+    datamodule.prepare_corpus()
+    train_src: list[str] = []
+    train_tgt: list[str] = []
+    for src_file, tgt_file in datamodule.train_files():
+        for s, t in iter_parallel(src_file, tgt_file):
+            train_src.append(s)
+            train_tgt.append(t)
+    links = eflomal_links(train_src + sources, train_tgt + references, datamodule.spm_cache_dir())
+    return links[len(train_src):]

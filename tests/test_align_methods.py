@@ -1,0 +1,89 @@
+"""Links from attention: Shift-Att against a hand-made matrix, the source </s> never a target,
+and eval.layer=best picking the layer with the lowest validation AER."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from attnmt.alignment import alignment_error_rate, parse_links, read_gold, sentence_links
+
+# Target "▁a ▁bc d" (words a, bcd), source "▁x ▁y ▁z </s>". Row t reads tgt_in[t] = <s>, ▁a, ▁bc, d.
+SRC = ["▁x", "▁y", "▁z", "</s>"]
+TGT = ["▁a", "▁bc", "d"]
+WEIGHTS = np.array([
+    # x    y    z    </s>
+    [0.1, 0.6, 0.1, 0.2],  # reads <s>, emits ▁a
+    [0.7, 0.1, 0.0, 0.2],  # reads ▁a, emits ▁bc
+    [0.0, 0.1, 0.1, 0.8],  # reads ▁bc, emits d
+    [0.0, 0.2, 0.5, 0.3],  # reads d, emits </s>
+])
+
+
+def test_shift_reads_the_row_where_the_word_is_the_input():
+    # argmax: a <- row 0 (y); bcd <- mean of rows 1, 2 = x .35, y .1, z .05 (</s> dropped) -> x.
+    assert sentence_links(WEIGHTS, TGT, SRC, "argmax") == {(1, 0), (0, 1)}
+    # shift: a <- row 1 (x); bcd <- mean of rows 2, 3 = x 0, y .15, z .3 -> z.
+    assert sentence_links(WEIGHTS, TGT, SRC, "shift") == {(0, 0), (2, 1)}
+
+
+def test_source_end_of_sentence_is_never_a_link_target():
+    # Most of rows 1 and 2 goes to </s>: dropped, each word still links to a real source word.
+    weights = np.array([[0.1, 0.6, 0.1, 0.2], [0.05, 0.05, 0.1, 0.8], [0.3, 0.1, 0.1, 0.5]])
+    assert sentence_links(weights, ["▁a", "▁b"], SRC, "argmax") == {(1, 0), (2, 1)}
+    assert sentence_links(weights, ["▁a", "▁b"], SRC, "shift") == {(2, 0), (0, 1)}
+    assert all(i < 3 for i, _ in sentence_links(WEIGHTS, TGT, SRC, "threshold", 0.05))
+
+
+def test_best_layer_is_the_one_with_the_lowest_validation_aer(tiny_datamodule, monkeypatch):
+    import attnmt.align_report as report
+
+    gold = read_gold(tiny_datamodule.alignment_file("valid"))
+    right = [set(sure) for sure, _ in gold]
+    wrong = [{(j, i) for i, j in sure if i != j} for sure, _ in gold]  # transposed: mostly not gold
+    half = [r if n % 2 else w for n, (r, w) in enumerate(zip(right, wrong))]
+    train_cfg = {"data": {k: v for k, v in _data_node(tiny_datamodule).items()}}
+    for layers, expected in (([wrong, half, right], 2), ([half, right, wrong], 1), ([right, right, wrong], 0)):
+        monkeypatch.setattr(report, "attention_links", lambda *a, _l=layers, **k: _l)
+        layer, aer, gold_file = report.best_layer(None, tiny_datamodule.tokenizer, train_cfg, "argmax", 0.5, 4000)
+        assert layer == expected
+        assert aer[expected] == min(aer) and aer.index(min(aer)) == expected
+        assert gold_file.endswith("valid.align")
+
+
+def _data_node(dm) -> dict:
+    return {
+        "_target_": "attnmt.data.datamodule.SyntheticDataModule", "data_dir": str(dm.data_dir),
+        "num_train": dm.sizes["num_train"], "num_valid": dm.sizes["num_valid"], "num_test": dm.sizes["num_test"],
+        "vocab_size": dm.spm_settings["vocab_size"], "max_tokens": dm.max_tokens,
+    }
+
+
+@pytest.mark.slow
+def test_evaluate_with_shift_best_layer_and_eflomal_baseline(trained_runs, tmp_path, capsys):
+    pytest.importorskip("eflomal", reason="eflomal is not installed (pip install attnmt[align])")
+    from conftest import compose_config
+
+    from attnmt.evaluation import evaluate
+
+    _, run_dir, _ = trained_runs[1]["transformer"]
+    out = tmp_path / "eval"
+    overrides = [f"ckpt={run_dir}", "decode.beam_size=1", "eval.num_plots=1", "eval.formats=[png]",
+                 "eval.align_method=shift", "eval.layer=best", "eval.baseline=eflomal"]
+    results = evaluate(compose_config("evaluate", overrides, out))
+    saved = json.loads((out / "results.json").read_text())
+    alignment = saved["alignment"]
+    assert alignment["method"] == "shift"
+    valid_aer = alignment["layer_choice"]["valid_aer_per_layer"]
+    assert len(valid_aer) == 3 and alignment["layer"] == valid_aer.index(min(valid_aer))
+    assert saved["aer"] == saved["aer_per_layer"][alignment["layer"]]
+    # eflomal's links of the same pairs, scored against the same gold.
+    links = [parse_links(line)[1] for line in (out / "alignments.eflomal.txt").read_text().splitlines()]
+    gold = read_gold(saved["alignment"]["gold_file"])
+    assert saved["aer_baseline"] == results["aer_baseline"] == round(100 * alignment_error_rate(links, gold), 2)
+    assert saved["aer_baseline"] < 30.0  # the embedded corpus is easy for a statistical aligner
+    printed = capsys.readouterr().out
+    assert f"eflomal {saved['aer_baseline']:6.2f}" in printed and "(best on valid)" in printed
+    assert "AER eflomal" in (out / "index.html").read_text()

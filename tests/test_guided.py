@@ -1,0 +1,109 @@
+"""Guided alignment: word links to subword targets, the loss and its gradient, and a short run
+on the embedded corpus whose attention aligns better than an unguided run's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from attnmt.guided import GuidedAlignment, _key, guided_alignment_loss, subword_links
+
+
+def test_word_links_become_subword_pairs():
+    src = ["▁x", "y", "▁z", "</s>"]  # words xy, z
+    tgt = ["▁a", "▁b", "c"]  # words a, bc
+    pairs = subword_links({(0, 1), (1, 0), (7, 0)}, src, tgt)  # 7: no such source word, dropped
+    assert pairs.tolist() == [[0, 2], [1, 0], [1, 1], [2, 0], [2, 1]]
+
+
+def _batch():
+    """Two pairs: ids 10.. are pieces; the second pair is not in the link table."""
+    src = torch.tensor([[10, 11, 12, EOS_ID], [10, EOS_ID, PAD_ID, PAD_ID]])
+    tgt = torch.tensor([[BOS_ID, 20, 21, EOS_ID], [BOS_ID, 20, EOS_ID, PAD_ID]])
+    return {"src": src, "src_mask": src != PAD_ID, "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:]}
+
+
+def test_target_rows_spread_each_link_over_its_source_pieces():
+    guided = GuidedAlignment(weight=0.05)
+    guided.links = {_key([10, 11, 12], [20, 21]): np.array([[0, 0], [0, 1], [1, 2]], dtype=np.int32)}
+    target = guided.target(_batch())  # (2, 3, 4)
+    expected = torch.zeros(2, 3, 4)
+    expected[0, 0, :2] = 0.5
+    expected[0, 1, 2] = 1.0
+    assert torch.equal(target, expected)  # </s> rows, padding and unknown pairs: unsupervised
+
+
+def test_loss_is_zero_at_the_target_and_its_gradient_moves_attention_toward_the_links():
+    target = torch.zeros(2, 3, 4)
+    target[0, 0, :2] = 0.5
+    target[0, 1, 2] = 1.0
+    target[1, 2, 3] = 1.0
+    kl, rows = guided_alignment_loss(target.clone(), target)
+    assert kl.item() == 0.0 and rows.item() == 3
+
+    torch.manual_seed(0)
+    scores = torch.randn(2, 3, 4, requires_grad=True)
+    kl, _ = guided_alignment_loss(torch.softmax(scores, -1), target)
+    assert kl.item() > 0
+    kl.backward()
+    before = torch.softmax(scores, -1).detach()
+    after = torch.softmax(scores - 0.5 * scores.grad, -1)
+    supervised = target.sum(-1) > 0
+    on_links = lambda a: (a * (target > 0)).sum(-1)  # noqa: E731 (attention mass on linked pieces)
+    assert (on_links(after)[supervised] > on_links(before)[supervised]).all()
+    assert torch.equal(scores.grad[~supervised], torch.zeros_like(scores.grad[~supervised]))
+
+
+def test_heads_beyond_the_model_are_refused():
+    from attnmt.errors import ConfigError
+
+    from conftest import build_tiny_model
+
+    guided = GuidedAlignment(weight=0.05, heads=2)
+    guided.links = {}
+    with pytest.raises(ConfigError, match="task.guided_alignment.heads=2"):
+        guided.forward(build_tiny_model("rnn_bahdanau", vocab_size=30), _batch())
+
+
+def valid_aer(run_dir, method: str = "argmax") -> float:
+    """AER (%) of the run's best checkpoint's last-layer attention on the validation gold."""
+    from attnmt.align_report import per_layer_aer
+    from attnmt.alignment import attention_links, read_gold
+    from attnmt.checkpoint import load_for_decoding
+    from attnmt.data.datamodule import encode_for_eval
+    from attnmt.data.io import read_parallel
+    from attnmt.utils.config import build
+
+    model, tokenizer, train_cfg, _ = load_for_decoding(run_dir)
+    dm = build(train_cfg["data"], "data")
+    sources, references = read_parallel(*dm.split_files("valid"))
+    dataset = encode_for_eval(tokenizer, sources, references)
+    pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
+    links = attention_links(model, tokenizer, dataset, pairs, 4000, [-1], method)
+    return per_layer_aer(links, read_gold(dm.alignment_file("valid")))[0]
+
+
+GUIDED_STEPS = 150
+
+
+@pytest.mark.slow
+def test_guided_run_aligns_better_than_an_unguided_one(tiny_data_dir, tmp_path):
+    pytest.importorskip("eflomal", reason="eflomal is not installed (pip install attnmt[align])")
+    from conftest import compose_config, tiny_overrides
+
+    from attnmt.training import train
+
+    aer = {}
+    for weight in (0.0, 0.5):
+        out = tmp_path / f"w{weight}"
+        cfg = compose_config("train", tiny_overrides(tiny_data_dir) + [
+            f"trainer.max_steps={GUIDED_STEPS}", "trainer.max_epochs=100", f"trainer.val_check_interval={GUIDED_STEPS}",
+            "trainer.check_val_every_n_epoch=null", f"task.guided_alignment.weight={weight}",
+        ], out)
+        train(cfg)
+        aer[weight] = valid_aer(out)
+    print(f"valid AER after {GUIDED_STEPS} steps: unguided {aer[0.0]:.2f}, guided {aer[0.5]:.2f}")
+    # Same seed, same batches: only the alignment term differs.
+    assert aer[0.5] < aer[0.0] - 10, aer
