@@ -40,7 +40,7 @@ class DecodeSettings:
 class TranslateSettings:
     """The keys of ``attnmt-translate`` besides :class:`DecodeSettings`."""
 
-    ckpt: str  # a .ckpt file or a training run's output folder
+    ckpt: str  # a .ckpt file, a training run's output folder or an attnmt-export folder
     input: str = "-"  # a file of source sentences, or - for standard input
     scores: bool = False
     alignments: bool = False
@@ -80,7 +80,8 @@ Translate sentences with a trained attnmt checkpoint: one source sentence per in
 translation per output line, in order.
 
 keys (defaults in brackets):
-  ckpt=PATH          a .ckpt file or a training run's output folder (required)
+  ckpt=PATH          a .ckpt file, a training run's output folder, or a folder
+                     written by attnmt-export (decoded with CTranslate2) (required)
   input=FILE         source sentences, or - for stdin [-]
   beam_size=K        1 is greedy decoding; an integer >= 1 [5]
   alpha=A            GNMT length penalty, >= 0 [0.6]
@@ -89,7 +90,8 @@ keys (defaults in brackets):
   batch_tokens=N     padded source tokens per batch, >= 1 [8000]
   scores=BOOL        also print each hypothesis' score: true or false [false]
   alignments=BOOL    also print word alignments (Pharaoh, from the last layer's
-                     cross-attention averaged over heads): true or false [false]
+                     cross-attention averaged over heads; the same layer from a
+                     CTranslate2 export): true or false [false]
 
 Input is UTF-8 text (a file or stdin alike): the first line that is not valid UTF-8 is an error,
 before anything is translated. Lines end at LF; a CR before it (CRLF) is dropped. Every input
@@ -120,14 +122,32 @@ def translate_lines(args: TranslateSettings, settings: DecodeSettings, lines: li
     from attnmt.alignment import attention_links, format_links
     from attnmt.checkpoint import load_for_decoding
     from attnmt.data.datamodule import encode_for_eval
+    from attnmt.export import is_exported
     from attnmt.search import Hypothesis
 
-    model, tokenizer, train_cfg, _ = load_for_decoding(args.ckpt)
+    if is_exported(args.ckpt):  # a CTranslate2 export (attnmt-export)
+        from attnmt.ct2 import ExportedModel
+
+        exported = ExportedModel(args.ckpt)
+        tokenizer, max_len = exported.tokenizer, exported.max_len
+    else:
+        exported = None
+        model, tokenizer, train_cfg, _ = load_for_decoding(args.ckpt)
+        max_len = train_cfg["data"].get("max_len", 128)
     kept = [i for i, line in enumerate(lines) if line.strip()]  # blank lines are not decoded
     nbest: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in lines]
     links: list[list[set]] = [[set()] for _ in lines]
-    if kept:
-        dataset = encode_for_eval(tokenizer, [lines[i] for i in kept], max_len=train_cfg["data"].get("max_len", 128))
+    if kept and exported is not None:
+        from attnmt.ct2 import word_links
+
+        dataset = encode_for_eval(tokenizer, [lines[i] for i in kept], max_len=max_len)
+        found, attn = exported.translate_dataset(dataset, settings, args.alignments, rescore=args.scores or settings.n_best > 1)
+        for k, i in enumerate(kept):
+            nbest[i] = found[k]
+            if args.alignments:
+                links[i] = [word_links(tokenizer, dataset.src[k], h.tokens, a) for h, a in zip(found[k], attn[k])]
+    elif kept:
+        dataset = encode_for_eval(tokenizer, [lines[i] for i in kept], max_len=max_len)
         for i, hyps in zip(kept, translate_dataset(model, dataset, settings, progress=len(kept) > 100)):
             nbest[i] = hyps
         if args.alignments:
