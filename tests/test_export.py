@@ -8,7 +8,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from conftest import compose_config
+from conftest import build_tiny_model, compose_config
 
 from attnmt.alignment import attention_links, format_links
 from attnmt.checkpoint import load_for_decoding
@@ -47,6 +47,37 @@ def decoded(exported_transformer, tiny_data_dir):
             out.hyps[q, beam] = [h[0].tokens for h in found]
     out.bleu = {k: corpus_scores(tokenizer.decode_tgt(v), references)["bleu"]["score"] for k, v in out.hyps.items()}
     return out
+
+
+@pytest.mark.parametrize("variant", [
+    [], ["model.norm_first=false"], ["model.scale_scores=false", "model.tie_embeddings=false"],
+], ids=["pre-norm tied", "post-norm", "unscaled untied"])
+def test_converted_weights_give_the_models_log_probabilities(variant, tiny_datamodule, tmp_path):
+    """Teacher-forced log-probabilities of a random model of each variant, from both runtimes."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    import torch
+    from ctranslate2.converters import Converter
+
+    from attnmt.data.tokenizer import BOS_ID, EOS_ID
+    from attnmt.export import transformer_spec
+
+    tokenizer = tiny_datamodule.tokenizer
+    model = build_tiny_model("transformer", tokenizer.src_vocab_size, variant)
+
+    class Convert(Converter):
+        def _load(self):
+            return transformer_spec(model, tokenizer)
+
+    Convert().convert(str(tmp_path / "m"))
+    src = [ids + [EOS_ID] for ids in tokenizer.encode_src(["the small dog sees a cat", "a bird"])]
+    tgt = tokenizer.encode_tgt(["lo hodagi pinur", "ve"])
+    scored = ctranslate2.Translator(str(tmp_path / "m")).score_batch(
+        [tokenizer.src_pieces(s) for s in src], [tokenizer.tgt_pieces(t) for t in tgt])
+    for s, t, result in zip(src, tgt, scored):
+        with torch.no_grad():
+            logits = model(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.bool), torch.tensor([[BOS_ID] + t]))
+        expected = torch.log_softmax(logits[0], -1).gather(1, torch.tensor([t + [EOS_ID]]).T).squeeze(1)
+        assert result.log_probs == pytest.approx(expected.tolist(), abs=1e-4)
 
 
 def test_export_writes_a_ctranslate2_folder_with_metadata(exported_transformer):
