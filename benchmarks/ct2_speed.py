@@ -30,7 +30,12 @@ MULTI30K = ROOT.parent / "shared" / "data" / "multi30k"
 
 
 def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak resident memory of this process so far. VmHWM, not getrusage's ru_maxrss: Linux keeps
+    ru_maxrss across exec, so a child would report its parent's peak at the fork."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB (macOS: bytes)
 
 
 def measure(args: argparse.Namespace) -> dict:

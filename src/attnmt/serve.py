@@ -147,7 +147,7 @@ class ExportBackend:
         self.tokenizer = self.exported.tokenizer
         meta = self.exported.meta
         self.metadata = {
-            "model": self.exported.name, "backend": "ctranslate2", "checkpoint": meta["source_checkpoint"],
+            "model": meta["model"]["_target_"].rsplit(".", 1)[-1], "backend": "ctranslate2", "checkpoint": meta["source_checkpoint"],
             "export": str(Path(path)), "quantization": meta["quantization"], "languages": meta["languages"],
             "attention": meta["attention"],
         }
