@@ -80,6 +80,7 @@ def test_converted_weights_give_the_models_log_probabilities(variant, tiny_datam
         assert result.log_probs == pytest.approx(expected.tolist(), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_export_writes_a_ctranslate2_folder_with_metadata(exported_transformer):
     _, folders = exported_transformer
     for q, folder in folders.items():

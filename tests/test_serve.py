@@ -81,6 +81,7 @@ def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(served):
     assert client.get("/metadata").json()["languages"] == {"source": "en", "target": "syn"}
 
 
+@pytest.mark.slow
 def test_the_page_needs_nothing_from_the_network(served):
     _, client, _ = served
     page = client.get("/")
