@@ -84,7 +84,6 @@ def transformer_spec(model, tokenizer):
     """The CTranslate2 ``TransformerSpec`` of ``model`` (an attnmt Transformer) with its weights."""
     import numpy as np
     import torch
-    from ctranslate2.specs import common_spec
     from ctranslate2.specs import transformer_spec as ts
 
     from attnmt.data.tokenizer import BOS_ID, EOS_ID, UNK_ID
