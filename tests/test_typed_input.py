@@ -50,6 +50,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from attnmt.average import AverageSettings
 from attnmt.average import main as average_main
 from attnmt.evaluation import EvalSettings, EvaluateSettings
+from attnmt.export import ExportSettings
+from attnmt.export import main as export_main
+from attnmt.serve import ServeSettings
+from attnmt.serve import main as serve_main
 from attnmt.translate import DecodeSettings, TranslateSettings
 from attnmt.translate import main as translate_main
 from attnmt.errors import ConfigError
@@ -149,10 +153,13 @@ def test_command_line_text_is_converted_to_the_keys_type(text, ann, value):
 CONSOLE = {
     "attnmt-translate": (translate_main, (TranslateSettings, DecodeSettings)),
     "attnmt-average": (average_main, (AverageSettings,)),
+    "attnmt-export": (export_main, (ExportSettings,)),
+    "attnmt-serve": (serve_main, (ServeSettings,)),
 }
 ACCEPTED = {
     ("attnmt-translate", "ckpt"), ("attnmt-translate", "input"),
     ("attnmt-average", "ckpt"), ("attnmt-average", "out"),
+    ("attnmt-export", "ckpt"), ("attnmt-export", "out"), ("attnmt-serve", "ckpt"), ("attnmt-serve", "host"),
 }
 
 
@@ -426,10 +433,13 @@ import io, sys
 from attnmt.translate import main as translate
 from attnmt.average import main as average
 from attnmt.compare import main as compare
+from attnmt.export import main as export
+from attnmt.serve import main as serve
 sys.stdin = io.TextIOWrapper(io.BytesIO(b"a\\n"))
 for main, argv in [(translate, ["--help"]), (translate, ["ckpt=x", "alpha=abc"]), (translate, ["ckpt=x", "beam=2"]),
                    (translate, ["ckpt=x", "input=/nonexistent"]), (average, ["--help"]), (average, ["ckpt=x", "last=abc"]),
-                   (compare, ["--help"]), (compare, []), (compare, ["a", "b"])]:
+                   (compare, ["--help"]), (compare, []), (compare, ["a", "b"]), (export, ["--help"]),
+                   (export, ["ckpt=x", "quantization=int4"]), (serve, ["--help"]), (serve, ["ckpt=x", "port=0"])]:
     try:
         main(argv)
     except SystemExit:

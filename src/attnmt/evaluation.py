@@ -21,6 +21,7 @@ from attnmt.data.dataset import ParallelDataset, encode_for_eval
 from attnmt.data.io import read_parallel
 from attnmt.data.tokenizer import EOS_ID, Tokenizer
 from attnmt.errors import ConfigError, DataError
+from attnmt.export import is_exported
 from attnmt.heatmaps import HeatmapSettings, export_heatmaps, write_index
 from attnmt.metrics import corpus_scores
 from attnmt.models.base import Seq2Seq
@@ -99,6 +100,10 @@ def evaluate(cfg: DictConfig) -> dict:
     check_config(cfg, EvaluateSettings)  # every key, before the model loads
     decode: DecodeSettings = build(cfg.decode, "decode")
     e: EvalSettings = build(cfg.eval, "eval", _convert_="all")
+    if is_exported(cfg.ckpt):  # a CTranslate2 export: scores and alignments, no heatmaps
+        from attnmt.evaluation_ct2 import evaluate_exported
+
+        return evaluate_exported(cfg, decode, e)
     out_dir = Path(cfg.paths.output_dir)
     model, tokenizer, train_cfg, ckpt_path = load_for_decoding(cfg.ckpt)
     src_file, ref_file, gold_file = split_files(train_cfg, cfg.split, cfg.get("src_file"), cfg.get("ref_file"))

@@ -45,11 +45,11 @@ class DecodeSettings:
 class TranslateSettings:
     """The keys of ``attnmt-translate`` besides :class:`DecodeSettings`."""
 
-    ckpt: str = field(metadata={"help": "a .ckpt file or a training run's output folder", "metavar": "PATH"})
+    ckpt: str = field(metadata={"help": "a .ckpt file, a training run's output folder, or a folder written by attnmt-export (decoded with CTranslate2)", "metavar": "PATH"})
     input: str = field(default="-", metadata={"help": "a file of source sentences, or - for stdin", "metavar": "FILE"})
     scores: bool = field(default=False, metadata={"help": "also print each hypothesis' score", "metavar": "BOOL"})
     alignments: bool = field(default=False, metadata={
-        "help": "also print word alignments (Pharaoh, from the last layer's cross-attention averaged over heads)",
+        "help": "also print word alignments (Pharaoh, from the last layer's cross-attention averaged over heads; the same layer from a CTranslate2 export)",
         "metavar": "BOOL"})
 
 
@@ -125,14 +125,32 @@ def translate_lines(args: TranslateSettings, settings: DecodeSettings, lines: li
     from attnmt.alignment import attention_links, format_links
     from attnmt.checkpoint import load_for_decoding
     from attnmt.data.dataset import encode_for_eval
+    from attnmt.export import is_exported
     from attnmt.search import Hypothesis
 
-    model, tokenizer, train_cfg, _ = load_for_decoding(args.ckpt)
+    if is_exported(args.ckpt):  # a CTranslate2 export (attnmt-export)
+        from attnmt.ct2 import ExportedModel
+
+        exported = ExportedModel(args.ckpt)
+        tokenizer, max_len = exported.tokenizer, exported.max_len
+    else:
+        exported = None
+        model, tokenizer, train_cfg, _ = load_for_decoding(args.ckpt)
+        max_len = train_cfg["data"].get("max_len", 128)
     kept = [i for i, line in enumerate(lines) if line.strip()]  # blank lines are not decoded
     nbest: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in lines]
     links: list[list[set]] = [[set()] for _ in lines]
-    if kept:
-        dataset = encode_for_eval(tokenizer, [lines[i] for i in kept], max_len=train_cfg["data"].get("max_len", 128))
+    if kept and exported is not None:
+        from attnmt.ct2 import word_links
+
+        dataset = encode_for_eval(tokenizer, [lines[i] for i in kept], max_len=max_len)
+        found, attn = exported.translate_dataset(dataset, settings, args.alignments, rescore=args.scores or settings.n_best > 1)
+        for k, i in enumerate(kept):
+            nbest[i] = found[k]
+            if args.alignments:
+                links[i] = [word_links(tokenizer, dataset.src[k], h.tokens, a) for h, a in zip(found[k], attn[k])]
+    elif kept:
+        dataset = encode_for_eval(tokenizer, [lines[i] for i in kept], max_len=max_len)
         for i, hyps in zip(kept, translate_dataset(model, dataset, settings, progress=len(kept) > 100)):
             nbest[i] = hyps
         if args.alignments:
