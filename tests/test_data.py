@@ -154,7 +154,7 @@ def test_sentencepiece_cache_reused_then_rebuilt_on_a_changed_setting(tiny_data_
 
 
 def test_joint_vocab_false_cuts_each_side_with_its_own_model(tiny_data_dir, tmp_path):
-    from attnmt.training import build_model
+    from attnmt.training import build_model_for
 
     cfg = compose_config("train", tiny_overrides(tiny_data_dir) + [
         f"data.cache_dir={tmp_path}", "data.joint_vocab=false", "data.vocab_size=300", "data.num_valid=20",
@@ -171,11 +171,11 @@ def test_joint_vocab_false_cuts_each_side_with_its_own_model(tiny_data_dir, tmp_
     assert batch["src"][0, : len(src_ids)].tolist() == src_ids and batch["tgt_out"][0, : len(tgt_ids)].tolist() == tgt_ids
     # Each model knows its own language only: the other side's words fall apart into small pieces.
     assert len(tok.encode_src(tgt_lines)[0]) > len(tgt_ids) and len(tok.encode_tgt(src_lines)[0]) > len(src_ids)
-    model = build_model(cfg.model, dm)  # the RNN: embeddings and output layer sized by each vocabulary
+    model = build_model_for(cfg.model, dm)  # the RNN: embeddings and output layer sized by each vocabulary
     logits = model(batch["src"], batch["src_mask"], batch["tgt_in"])
     assert logits.size(-1) == tok.tgt_vocab_size
     with pytest.raises(ConfigError, match="tie_embeddings=true needs a joint"):
-        build_model(compose_config("train", ["model=transformer"]).model, dm)
+        build_model_for(compose_config("train", ["model=transformer"]).model, dm)
 
 
 def test_datamodule_batches_hold_aligned_tensors(tiny_datamodule):
