@@ -58,9 +58,10 @@ def main() -> None:
 
     import torch
 
-    import step_ab
     from attnmt.guided import GuidedAlignment
     from attnmt.utils.allocator import keep_freed_memory
+
+    import step_ab
 
     keep_freed_memory()
     src, _, tgt_in, tgt_out = step_ab.batch()
@@ -77,7 +78,8 @@ def main() -> None:
         opt = factory(params=model.parameters())
         ntokens = int((tgt_out != 0).sum())
 
-        def step(kind: str) -> float:
+        # this model's objects bound as defaults (the loop rebinds the names)
+        def step(kind: str, *, model=model, opt=opt, loss_fn=loss_fn, ntokens=ntokens) -> float:
             start = time.perf_counter()
             if kind == "guided":
                 logits, align = guided.forward(model, batch)

@@ -37,6 +37,7 @@ def main() -> None:
     from attnmt.models import build_model
     from attnmt.ops import smoothed_cross_entropy
     from attnmt.utils.precision import cpu_bf16
+
     from speed import MODELS, compose
 
     print(f"CPU bf16 instructions: {cpu_bf16() or 'none'}; torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -49,7 +50,8 @@ def main() -> None:
         mask = torch.ones(B, LEN, dtype=torch.bool)
         tgt = torch.randint(4, V, (B, LEN + 1))
 
-        def step(bf16: bool) -> float:
+        # this model's objects bound as defaults (the loop rebinds the names)
+        def step(bf16: bool, *, model=model, optimizer=optimizer, src=src, mask=mask, tgt=tgt) -> float:
             start = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logits = model(src, mask, tgt[:, :-1])  # (B, LEN, V)

@@ -134,7 +134,8 @@ def main() -> None:
                 runs[package] = (model, factory(params=model.parameters()), loss_fn)
             runs["attnmt"][0].load_state_dict(runs["attnmt_base"][0].state_dict())
 
-            def step(package: str) -> float:
+            # this model's runs bound as a default (the loop rebinds the name)
+            def step(package: str, *, runs=runs) -> float:
                 model, opt, loss_fn = runs[package]
                 start = time.perf_counter()
                 logits = model(src, src_mask, tgt_in)

@@ -9,8 +9,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from attnmt.training import train
 from attnmt.models import build_model
+from attnmt.training import train
 from attnmt.utils.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -64,9 +64,9 @@ def _data_node(dm) -> dict:
 @pytest.mark.slow
 def test_evaluate_with_shift_best_layer_and_eflomal_baseline(trained_runs, tmp_path, capsys):
     pytest.importorskip("eflomal", reason="eflomal is not installed (pip install attnmt[align])")
-    from conftest import compose_config
-
     from attnmt.evaluation import evaluate
+
+    from conftest import compose_config
 
     _, run_dir, _ = trained_runs[1]["transformer"]
     out = tmp_path / "eval"

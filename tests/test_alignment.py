@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from attnmt.alignment import (
-    alignment_error_rate, format_links, hard_links, merge_to_words, parse_links, read_gold, word_ids, words,
+    alignment_error_rate,
+    format_links,
+    hard_links,
+    merge_to_words,
+    parse_links,
+    read_gold,
+    word_ids,
+    words,
 )
 from attnmt.errors import DataError
 

@@ -8,6 +8,7 @@ import torch
 from attnmt.average import main as average_main
 from attnmt.checkpoint import load_for_decoding
 from attnmt.training import train
+
 from conftest import compose_config, tiny_overrides
 
 

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 
 from attnmt.training import train
+
 from conftest import compose_config, tiny_overrides
 
 CLOCK = [0.0]  # seconds; what time.monotonic() returns during the test

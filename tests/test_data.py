@@ -7,12 +7,12 @@ import hashlib
 import random
 
 import pytest
+from hydra.utils import instantiate
 
 from attnmt.data.batching import TokenBucketBatchSampler, token_budget_batches
 from attnmt.data.io import read_lines, read_parallel
 from attnmt.data.synthetic import ensure_synthetic, generate_pairs
 from attnmt.errors import ConfigError, DataError
-from hydra.utils import instantiate
 
 from conftest import compose_config, tiny_overrides
 

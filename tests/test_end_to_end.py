@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MODELS, ROOT, compose_config
 
 from attnmt.compare import compare
 from attnmt.evaluation import evaluate
@@ -18,6 +17,8 @@ from attnmt.metrics import bleu
 from attnmt.training import build_model_for
 from attnmt.translate import DecodeSettings, translate_dataset
 from attnmt.utils.config import build
+
+from conftest import MODELS, ROOT, compose_config
 
 
 def is_png(path) -> tuple[int, int] | None:
@@ -80,7 +81,7 @@ def test_compare_tabulates_every_run(trained_runs):
     folder, runs = trained_runs
     rows = compare(folder)
     assert [r["model"] for r in rows] == ["BahdanauRNN", "LuongRNN", "Transformer"]
-    for row, (name, (_, run_dir, best)) in zip(rows, runs.items()):
+    for row, (_, (_, _, best)) in zip(rows, runs.items()):
         assert row["best_val_bleu"] == round(best, 2)
         assert row["params"] > 0 and row["train_seconds"] > 0 and row["test_bleu"] > 30
     table = (folder / "comparison.md").read_text()
@@ -107,7 +108,7 @@ def test_evaluate_bad_checkpoint_gives_one_line_error(make, expected, tmp_path):
     path = make(tmp_path)
     proc = run_entry("evaluate.py", f"ckpt={path}", f"hydra.run.dir={tmp_path / 'out'}")
     assert proc.returncode == 2, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "results.json").exists()
@@ -125,7 +126,7 @@ def test_train_with_mismatched_data_gives_one_line_error(tmp_path):
         f"hydra.run.dir={tmp_path / 'out'}",
     )
     assert proc.returncode == 2
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "train.en has 50 lines" in lines[0] and "train.syn has 51" in lines[0]
     assert "Traceback" not in proc.stderr
 

@@ -91,9 +91,9 @@ GUIDED_STEPS = 150
 @pytest.mark.slow
 def test_guided_run_aligns_better_than_an_unguided_one(tiny_data_dir, tmp_path):
     pytest.importorskip("eflomal", reason="eflomal is not installed (pip install attnmt[align])")
-    from conftest import compose_config, tiny_overrides
-
     from attnmt.training import train
+
+    from conftest import compose_config, tiny_overrides
 
     aer = {}
     for weight in (0.0, 0.5):

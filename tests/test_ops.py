@@ -10,8 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from attnmt import ops
-from attnmt.ops import Dropout, FusedRNNStep, RNNStep, additive_scores, bidirectional_rnn, dropout, smoothed_cross_entropy
+from attnmt.ops import (
+    Dropout,
+    FusedRNNStep,
+    RNNStep,
+    additive_scores,
+    bidirectional_rnn,
+    dropout,
+    smoothed_cross_entropy,
+)
 from attnmt.utils.allocator import keep_freed_memory
+
 from conftest import MODELS, build_tiny_model
 
 

@@ -10,8 +10,9 @@ import torch
 
 from attnmt.errors import ConfigError
 from attnmt.optim import LinearDecayWarmup, PlateauWarmup, prefer_fused
-from attnmt.utils.config import build
 from attnmt.training import train
+from attnmt.utils.config import build
+
 from conftest import compose_config, tiny_overrides
 
 
@@ -87,6 +88,7 @@ def test_the_task_picks_the_fused_adam_from_its_trainers_precision(precision, fu
     from pytorch_lightning.plugins import MixedPrecision
 
     from attnmt.task import TranslationTask
+
     from conftest import build_tiny_model
 
     cfg = compose_config("train", [])

@@ -8,10 +8,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from conftest import compose_config, tiny_overrides
 
 from attnmt.training import train
 from attnmt.utils import precision as precision_mod
+
+from conftest import compose_config, tiny_overrides
 
 CLIP = 0.05  # far below the gradient norms of these steps: every update is clipped
 STEPS = 40

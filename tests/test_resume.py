@@ -182,7 +182,7 @@ def test_damaged_last_checkpoint_falls_back_to_the_previous_one(uninterrupted, t
         ckpt.write_bytes(b"garbage")
     proc = run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}"], tmp_path)
     assert proc.returncode == 2
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"no valid checkpoint in {run_dir / 'checkpoints'}" in errors[0]
     assert "Traceback" not in proc.stderr
 
@@ -195,7 +195,7 @@ def test_damaged_last_checkpoint_falls_back_to_the_previous_one(uninterrupted, t
 def test_resume_refuses_overrides_that_change_the_model(uninterrupted, override, named, tmp_path):
     proc = run([sys.executable, str(ROOT / "train.py"), f"resume={uninterrupted}", override], tmp_path)
     assert proc.returncode == 2
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and named in errors[0] and "start a new run" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
 

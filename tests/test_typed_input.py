@@ -49,6 +49,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from attnmt.average import AverageSettings
 from attnmt.average import main as average_main
+from attnmt.errors import ConfigError
 from attnmt.evaluation import EvalSettings, EvaluateSettings
 from attnmt.export import ExportSettings
 from attnmt.export import main as export_main
@@ -56,7 +57,6 @@ from attnmt.serve import ServeSettings
 from attnmt.serve import main as serve_main
 from attnmt.translate import DecodeSettings, TranslateSettings
 from attnmt.translate import main as translate_main
-from attnmt.errors import ConfigError
 from attnmt.utils.schema import NON_EMPTY, Bound, Gt, Le, check_value, parameters, parse_text
 
 from conftest import CONF, ROOT, compose_config
@@ -124,7 +124,8 @@ def as_text(value: Any) -> str:
     (list[Literal["png", "svg"]], ["gif"], "x=['gif'] holds 'gif', which is not one of png, svg"),
     (tuple[float, float], [0.9], "x=[0.9] is not a list of 2 items"),
     (float, float("nan"), "x=nan is not a finite number"),
-    (Union[str, Path, None], 3, "x=3 is not a string or null"),
+    # typing.Union on purpose: check_value must accept the pre-3.10 spelling too
+    (Union[str, Path, None], 3, "x=3 is not a string or null"),  # noqa: UP007
 ])
 def test_wrong_values_are_named_with_what_is_expected(ann, value, message):
     with pytest.raises(ConfigError) as e:

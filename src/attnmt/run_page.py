@@ -182,7 +182,10 @@ def write_run_page(
     if redraw:
         plot_curves(history, run_dir / "curves.png")
     records = read_records(attention_dir) if attention_dir is not None and attention_dir.is_dir() else []
-    rel = (lambda p: Path(os.path.relpath(p, run_dir)).as_posix())
+
+    def rel(p) -> str:
+        return Path(os.path.relpath(p, run_dir)).as_posix()
+
     bleu = dict(history.get("val/bleu", []))
 
     steps_rows = "".join(

@@ -20,7 +20,6 @@ from attnmt import ops
 from attnmt.data.tokenizer import PAD_ID, Tokenizer
 from attnmt.errors import ConfigError
 from attnmt.guided import GuidedAlignment
-from attnmt.utils.schema import Fraction, PositiveFloat
 from attnmt.metrics import bleu
 from attnmt.models.base import Seq2Seq
 from attnmt.nonfinite import POLICIES, NonFiniteGuard
@@ -28,6 +27,7 @@ from attnmt.optim import Schedule, prefer_fused
 from attnmt.search import greedy_search
 from attnmt.utils.provenance import hardware, provenance
 from attnmt.utils.rng import get_rng_state, set_rng_state
+from attnmt.utils.schema import Fraction, PositiveFloat
 
 log = logging.getLogger(__name__)
 

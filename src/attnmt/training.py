@@ -13,20 +13,20 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attnmt.data.datamodule import TranslationDataModule
 from attnmt.errors import ConfigError
 from attnmt.loggers import check_logger_packages
 from attnmt.models import Seq2Seq, build_model
-from attnmt.task import TranslationTask
 from attnmt.resume import check_unchanged, find_checkpoints, requeued, resume_checkpoint
-from attnmt.utils.config import build, check_config
+from attnmt.task import TranslationTask
 from attnmt.utils.allocator import keep_freed_memory
-from attnmt.utils.io import atomic_write_text
+from attnmt.utils.config import build, check_config
 from attnmt.utils.interrupt import StopOnCtrlC
+from attnmt.utils.io import atomic_write_text
 from attnmt.utils.precision import choose_precision
 from attnmt.utils.provenance import hardware, provenance
 

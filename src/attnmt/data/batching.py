@@ -14,7 +14,7 @@ at a time: the same seed gives the same batches, in the same order.
 from __future__ import annotations
 
 import random
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler

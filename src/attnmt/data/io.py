@@ -7,8 +7,9 @@ import hashlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from attnmt.errors import DataError
 

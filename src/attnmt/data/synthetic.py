@@ -91,7 +91,7 @@ class Phrase:
     tgt: list[str] = field(default_factory=list)
     links: list[tuple[int, int]] = field(default_factory=list)
 
-    def __add__(self, other: "Phrase") -> "Phrase":
+    def __add__(self, other: Phrase) -> Phrase:
         s, t = len(self.src), len(self.tgt)
         return Phrase(
             self.src + other.src,
@@ -99,7 +99,7 @@ class Phrase:
             self.links + [(i + s, j + t) for i, j in other.links],
         )
 
-    def join(self, *others: "Phrase") -> "Phrase":
+    def join(self, *others: Phrase) -> Phrase:
         out = self
         for o in others:
             out = out + o

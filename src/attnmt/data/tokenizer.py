@@ -10,8 +10,8 @@ import json
 import logging
 import random
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import sentencepiece as spm
 
@@ -64,7 +64,7 @@ class Tokenizer:
         return {"src_proto": self.src_proto, "tgt_proto": None if self.joint else self.tgt_proto}
 
     @classmethod
-    def from_state(cls, state: dict) -> "Tokenizer":
+    def from_state(cls, state: dict) -> Tokenizer:
         return cls(state["src_proto"], state["tgt_proto"])
 
 

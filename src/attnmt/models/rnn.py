@@ -14,11 +14,11 @@ encoder states) and the attention module (:mod:`attnmt.models.attention`).
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
-
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnmt import ops

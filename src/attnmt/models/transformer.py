@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnmt.errors import ConfigError
 from attnmt import ops
+from attnmt.errors import ConfigError
 from attnmt.models.base import Seq2Seq, State, sinusoid_positions
 from attnmt.utils.schema import Fraction, PositiveInt
 

@@ -27,7 +27,7 @@ class StopOnCtrlC:
         self.received = False
         self._previous = None
 
-    def __enter__(self) -> "StopOnCtrlC":
+    def __enter__(self) -> StopOnCtrlC:
         if threading.current_thread() is threading.main_thread():  # signal handlers live there only
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self

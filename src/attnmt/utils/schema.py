@@ -24,9 +24,10 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Annotated, Any, Callable, Literal, Mapping, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from attnmt.errors import ConfigError
 
@@ -102,7 +103,7 @@ class _Violation:
         return self.text
 
 
-Result = Union[None, _Expected, _Violation, _Unchecked]
+Result = None | _Expected | _Violation | _Unchecked
 
 
 def _plain(value: Any) -> str:
