@@ -163,7 +163,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     print()
-    print("| pairs | spm (s) | store (s) | store pairs/s | 2nd start to step 1 (s) | peak RSS (MiB) | own at end (MiB) |"
+    print("| pairs | spm (s) | store (s) | store pairs/s | 2nd start to step 1 (s) | peak RSS (MiB) "
+          "| own at end (MiB) |"
           + (" DDP rank 0 / 1: start (s) | DDP rank 0 / 1: peak RSS (MiB) |" if args.ddp else ""))
     print("|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.ddp else ""))
     for r in rows:

@@ -71,7 +71,8 @@ def main() -> None:
     guided = GuidedAlignment(weight=args.weight)
     guided.links = link_table(src, tgt_out)
     V = step_ab.V
-    print(f"batch {src.size(0)} sentences, {int((tgt_out != 0).sum())} target tokens; {torch.get_num_threads()} threads")
+    print(f"batch {src.size(0)} sentences, {int((tgt_out != 0).sum())} target tokens; "
+          f"{torch.get_num_threads()} threads")
     for name in args.models:
         torch.manual_seed(0)
         model, factory, loss_fn = step_ab.build("attnmt", name)
@@ -103,7 +104,8 @@ def main() -> None:
         ratios = [g / p for g, p in zip(times["guided"], times["plain"])]
         print(f"{name}: step {statistics.median(times['plain']) * 1000:.0f} ms plain -> "
               f"{statistics.median(times['guided']) * 1000:.0f} ms guided; cost: median of {len(ratios)} pairs "
-              f"{(statistics.median(ratios) - 1) * 100:+.1f}%, fastest steps {(min(times['guided']) / min(times['plain']) - 1) * 100:+.1f}%")
+              f"{(statistics.median(ratios) - 1) * 100:+.1f}%, "
+              f"fastest steps {(min(times['guided']) / min(times['plain']) - 1) * 100:+.1f}%")
 
 
 if __name__ == "__main__":

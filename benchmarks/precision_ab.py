@@ -40,7 +40,8 @@ def main() -> None:
 
     from speed import MODELS, compose
 
-    print(f"CPU bf16 instructions: {cpu_bf16() or 'none'}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"CPU bf16 instructions: {cpu_bf16() or 'none'}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
     for name in args.models:
         cfg = compose(MODELS[name])
         torch.manual_seed(0)
@@ -71,8 +72,10 @@ def main() -> None:
             bf16.append(t[True])
             ratios.append(t[False] / t[True])
         tokens = B * LEN
-        print(f"{name}: fp32 {statistics.median(fp32) * 1000:.0f} ms/step ({tokens / statistics.median(fp32):.0f} tok/s), "
-              f"bf16-mixed {statistics.median(bf16) * 1000:.0f} ms/step ({tokens / statistics.median(bf16):.0f} tok/s); "
+        print(f"{name}: fp32 {statistics.median(fp32) * 1000:.0f} ms/step "
+              f"({tokens / statistics.median(fp32):.0f} tok/s), "
+              f"bf16-mixed {statistics.median(bf16) * 1000:.0f} ms/step "
+              f"({tokens / statistics.median(bf16):.0f} tok/s); "
               f"speed-up {statistics.median(ratios):.2f}x (median of {args.pairs} pairs, "
               f"range {min(ratios):.2f}-{max(ratios):.2f})")
 

@@ -462,7 +462,8 @@ def report(results: dict) -> None:
         if peer and name in peer:
             print(f"  {name}: training against Joey NMT measured on this machine now ({peer[name]['train_tok_s']:.0f} "
                   f"tok/s, {len(peer[name]['windows'])} windows); against the reference table "
-                  f"({REFERENCE[name]['train_tok_s']}): {t['train_tok_s_median'] / REFERENCE[name]['train_tok_s']:.2f}x")
+                  f"({REFERENCE[name]['train_tok_s']}): "
+                  f"{t['train_tok_s_median'] / REFERENCE[name]['train_tok_s']:.2f}x")
         if not r["decoded_trained_checkpoint"]:
             print(f"  {name}: decoded the benchmark's briefly trained model (not comparable with a trained one; "
                   "give --ckpt-" + name + ")")
@@ -482,7 +483,8 @@ def report_precisions(results: dict) -> None:
             peaks = t["layer_gemm_peak_gflops_by_dtype"]
             vs_peer = f"{t['train_tok_s_median'] / peer[name]['train_tok_s']:.2f}" if name in peer else "-"
             print(f"| {name} | {precision} | {t['optimizer']} | {t['train_tok_s_median']:.0f} "
-                  f"({t['train_tok_s_overall']:.0f}; rounds {t.get('rounds_tok_s')}) | {t['train_tok_s_median'] / base:.2f} | {vs_peer} "
+                  f"({t['train_tok_s_overall']:.0f}; rounds {t.get('rounds_tok_s')}) "
+                  f"| {t['train_tok_s_median'] / base:.2f} | {vs_peer} "
                   f"| {t['layer_gemm_gflops_achieved']:.0f} | {peaks['float32']:.0f} / {peaks['bfloat16']:.0f} "
                   f"| {t['peak_rss_train_mib']:.0f} |")
             if "gemm_peak_gflops_by_dtype" in t:

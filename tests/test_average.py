@@ -25,7 +25,9 @@ def train_run(folder, tiny_data_dir, steps: int, keep: int, *overrides: str):
 
 @pytest.fixture(scope="module")
 def run(tiny_data_dir, tmp_path_factory):
-    return train_run(tmp_path_factory.mktemp("run"), tiny_data_dir, 12, 3, "scheduler=linear", "scheduler.warmup_steps=2")
+    return train_run(
+        tmp_path_factory.mktemp("run"), tiny_data_dir, 12, 3, "scheduler=linear", "scheduler.warmup_steps=2"
+    )
 
 
 def val_checkpoints(run) -> dict[int, object]:
@@ -78,8 +80,12 @@ def test_averaging_refuses_checkpoints_that_do_not_belong_together(run, tiny_dat
     # Another model, another vocabulary: three updates each, weights kept after the validation.
     other_model = val_checkpoints(train_run(tmp_path / "model", tiny_data_dir, 3, 1, "model.hidden_size=96"))[3]
     other_vocab = val_checkpoints(train_run(tmp_path / "vocab", tiny_data_dir, 3, 1, "data.vocab_size=500"))[3]
-    assert f"{other_model}: another model config than {mine[12]}" in refusal([f"ckpt=[{other_model},{mine[12]}]", f"out={out}"], capsys)
-    assert f"{other_vocab}: another vocabulary than {mine[12]}" in refusal([f"ckpt=[{mine[12]},{other_vocab}]", f"out={out}"], capsys)
+    assert f"{other_model}: another model config than {mine[12]}" in refusal(
+        [f"ckpt=[{other_model},{mine[12]}]", f"out={out}"], capsys
+    )
+    assert f"{other_vocab}: another vocabulary than {mine[12]}" in refusal(
+        [f"ckpt=[{mine[12]},{other_vocab}]", f"out={out}"], capsys
+    )
     # Same run settings, but weights that differ in name or shape (a damaged or edited file).
     ckpt = torch.load(mine[9], weights_only=False)
     name, weight = next((k, v) for k, v in ckpt["state_dict"].items() if v.dim() == 2)

@@ -223,7 +223,8 @@ def test_mismatched_checkpoint_given_to_evaluate(case, trained, tmp_path, capsys
         spoil(ckpt, tmp_path)
         torch.save(ckpt, bad)
     status, stderr = call_entry(evaluate, compose_config("evaluate", [f"ckpt={bad}"], tmp_path / "out"), capsys)
-    assert status == 2 and len(stderr) == 1 and stderr[0].startswith(f"error: {bad}: ") and expected in stderr[0], stderr
+    assert status == 2 and len(stderr) == 1, stderr
+    assert stderr[0].startswith(f"error: {bad}: ") and expected in stderr[0], stderr
     assert not (tmp_path / "out" / "results.json").exists() and not (tmp_path / "out" / "hypotheses.txt").exists()
     no_half_written_files(tmp_path)
 

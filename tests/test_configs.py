@@ -95,7 +95,9 @@ def test_overrides_change_the_built_model():
 
     assert parameters("model.hidden_size=128") < parameters("model.hidden_size=160")
     # Luong's scores (eq. 8): dot has no weights, general one matrix, concat a matrix and a vector.
-    luong = {score: parameters("model=rnn_luong", f"model.attention.score={score}") for score in ("dot", "general", "concat")}
+    luong = {
+        score: parameters("model=rnn_luong", f"model.attention.score={score}") for score in ("dot", "general", "concat")
+    }
     assert luong["dot"] < luong["general"] < luong["concat"]
 
 
@@ -113,7 +115,8 @@ def test_unknown_key_is_refused():
 @pytest.mark.parametrize(
     "name, overrides, message",
     [
-        ("transformer", ["model.d_model=60", "model.num_heads=7"], "model.d_model=60 is not divisible by model.num_heads=7"),
+        ("transformer", ["model.d_model=60", "model.num_heads=7"],
+         "model.d_model=60 is not divisible by model.num_heads=7"),
         ("rnn_luong", ["model.attention.score=cosine"], "model.attention.score='cosine' is not one of"),
         ("rnn_bahdanau", ["model.rnn_type=tanh"], "model.rnn_type='tanh' is not one of gru, lstm"),
     ],

@@ -57,7 +57,9 @@ def test_multi30k_downloads_verifies_and_caches(tmp_path):
     dm = multi30k(tmp_path, f"data.source_dir={tmp_path / 'absent'}", f"data.base_url={MULTI30K.as_uri()}")
     dm.prepare_corpus()
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert cached == sorted(f"{stem}.{lang}.gz" for stem in ("train", "val", "test_2016_flickr") for lang in ("de", "en"))
+    assert cached == sorted(
+        f"{stem}.{lang}.gz" for stem in ("train", "val", "test_2016_flickr") for lang in ("de", "en")
+    )
     assert len(read_parallel(*dm.split_files("train"))[0]) == 29000
 
 

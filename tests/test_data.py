@@ -168,7 +168,8 @@ def test_joint_vocab_false_cuts_each_side_with_its_own_model(tiny_data_dir, tmp_
     src_lines, tgt_lines = read_parallel(*dm.split_files("valid"))
     batch = dm.datasets["valid"].collate([0])
     src_ids, tgt_ids = tok.encode_src(src_lines[:1])[0], tok.encode_tgt(tgt_lines[:1])[0]
-    assert batch["src"][0, : len(src_ids)].tolist() == src_ids and batch["tgt_out"][0, : len(tgt_ids)].tolist() == tgt_ids
+    assert batch["src"][0, : len(src_ids)].tolist() == src_ids
+    assert batch["tgt_out"][0, : len(tgt_ids)].tolist() == tgt_ids
     # Each model knows its own language only: the other side's words fall apart into small pieces.
     assert len(tok.encode_src(tgt_lines)[0]) > len(tgt_ids) and len(tok.encode_tgt(src_lines)[0]) > len(src_ids)
     model = build_model_for(cfg.model, dm)  # the RNN: embeddings and output layer sized by each vocabulary

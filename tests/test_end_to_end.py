@@ -98,8 +98,10 @@ def run_entry(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     "make, expected",
     [
         (lambda d: d / "missing.ckpt", "missing.ckpt: no such checkpoint file or run folder"),
-        (lambda d: (d / "junk.ckpt").write_bytes(b"\x00not a checkpoint") and d / "junk.ckpt", "junk.ckpt: not a readable checkpoint"),
-        (lambda d: torch.save({"a": 1}, d / "foreign.ckpt") or d / "foreign.ckpt", "foreign.ckpt: not an attnmt checkpoint"),
+        (lambda d: (d / "junk.ckpt").write_bytes(b"\x00not a checkpoint") and d / "junk.ckpt",
+         "junk.ckpt: not a readable checkpoint"),
+        (lambda d: torch.save({"a": 1}, d / "foreign.ckpt") or d / "foreign.ckpt",
+         "foreign.ckpt: not an attnmt checkpoint"),
         (lambda d: d, "a folder without checkpoints/best.ckpt"),
     ],
     ids=["missing", "garbage", "foreign", "empty-folder"],

@@ -62,7 +62,9 @@ def test_beam_evaluation_writes_reproducible_scores_aer_heatmaps_and_index(train
     assert len(links) == saved["num_sentences"] == 200
 
     pictures = sorted(p.name for p in (out / "heatmaps").iterdir())
-    assert pictures == [f"000{i}.cross.{kind}.{fmt}" for i in range(2) for kind in ("grid", "layer3") for fmt in ("png", "svg")]
+    assert pictures == [
+        f"000{i}.cross.{kind}.{fmt}" for i in range(2) for kind in ("grid", "layer3") for fmt in ("png", "svg")
+    ]
     for name in pictures:
         path = out / "heatmaps" / name
         if name.endswith(".png"):
@@ -91,7 +93,8 @@ def test_self_attention_heatmaps(trained_runs, tmp_path):
     _, run_dir, _ = trained_runs[1]["transformer"]
     for attention in ("encoder_self", "decoder_self"):
         cfg = compose_config("evaluate", [f"ckpt={run_dir}", "eval.num_plots=1", f"eval.attention={attention}",
-                                          "eval.level=subword", "eval.formats=[pdf]", "decode.beam_size=1"], tmp_path / attention)
+                                          "eval.level=subword", "eval.formats=[pdf]", "decode.beam_size=1"],
+                             tmp_path / attention)
         evaluate(cfg)
         files = sorted(p.name for p in (tmp_path / attention / "heatmaps").iterdir())
         assert files == [f"0000.{attention}.grid.pdf", f"0000.{attention}.layer3.pdf"]
@@ -117,7 +120,10 @@ def test_heatmaps_of_the_reference_read_teacher_forced(trained_runs, tiny_data_d
         ], out))
         (svg,) = (out / "heatmaps").glob("0000.cross*.svg")
         # Matplotlib writes each text of an SVG beside its glyphs as a comment: the axis labels.
-        return re.findall(r"<!-- (.*?) -->", svg.read_text()), (out / "hypotheses.txt").read_text().splitlines()[0].split()
+        return (
+            re.findall(r"<!-- (.*?) -->", svg.read_text()),
+            (out / "hypotheses.txt").read_text().splitlines()[0].split(),
+        )
 
     reference_labels, _ = labels("reference")
     hypothesis_labels, hypothesis = labels("hypothesis")

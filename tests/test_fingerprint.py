@@ -31,8 +31,8 @@ def losses(model: str, data_dir: Path, out: Path) -> list[float]:
     cfg = compose_config(
         "train",
         tiny_overrides(data_dir, model)
-        + [f"trainer.max_steps={STEPS}", "trainer.log_every_n_steps=1", "trainer.num_sanity_val_steps=0", "+trainer.limit_val_batches=0",
-           "callbacks.last_checkpoint=null", "seed=7",
+        + [f"trainer.max_steps={STEPS}", "trainer.log_every_n_steps=1", "trainer.num_sanity_val_steps=0",
+           "+trainer.limit_val_batches=0", "callbacks.last_checkpoint=null", "seed=7",
            "scheduler=constant", "scheduler.warmup_steps=0", "optimizer.lr=0.003"],
         out,
     )

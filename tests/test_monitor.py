@@ -42,7 +42,9 @@ def test_row_entropy_is_zero_for_one_hot_rows_and_log_n_for_uniform_ones():
 def test_a_logger_whose_package_is_missing_is_a_one_line_error(logger, cls, package, monkeypatch, capsys):
     real = importlib.util.find_spec
     missing = {"tensorboard", "tensorboardX", "wandb", "mlflow"}
-    monkeypatch.setattr("attnmt.loggers.importlib.util.find_spec", lambda name, *a: None if name in missing else real(name, *a))
+    monkeypatch.setattr(
+        "attnmt.loggers.importlib.util.find_spec", lambda name, *a: None if name in missing else real(name, *a)
+    )
     cfg = compose_config("train", [f"logger={logger}"], Path("/nonexistent/out"))
     module = entry_point("train.py")
     monkeypatch.setattr(module, "train", lambda *_: pytest.fail("training started"))
@@ -144,7 +146,9 @@ def test_compare_links_each_runs_page(trained_runs):
 
 
 # -- the loggers ---------------------------------------------------------------------------------------
-LOGGER_PACKAGES = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "many_loggers": "tensorboard"}
+LOGGER_PACKAGES = {
+    "csv": None, "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "many_loggers": "tensorboard"
+}
 
 
 def test_every_logger_option_is_tested_here():
@@ -167,7 +171,8 @@ def test_every_logger_config_instantiates_lightnings_class_writing_under_the_run
     assert sorted(loggers) == {"many_loggers": ["csv", "tensorboard"]}.get(name, [name])
     for key, logger in loggers.items():
         # Lightning's own class (csv: attnmt's subclass of Lightning's, which continues a resumed run)
-        assert isinstance(logger, Logger) and type(logger).__module__.split(".")[0] == ("attnmt" if key == "csv" else "pytorch_lightning")
+        assert isinstance(logger, Logger)
+        assert type(logger).__module__.split(".")[0] == ("attnmt" if key == "csv" else "pytorch_lightning")
         if key == "mlflow":
             assert cfg.logger.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'run'}/mlflow.db"
         elif key == "wandb":
@@ -180,8 +185,9 @@ def short_run(tiny_data_dir, out: Path, logger: str, steps: int = 40) -> Path:
     cfg = compose_config(
         "train",
         tiny_overrides(tiny_data_dir) + [f"logger={logger}", f"trainer.max_steps={steps}", "trainer.max_epochs=100",
-                                         f"trainer.val_check_interval={steps // 2}", "trainer.check_val_every_n_epoch=null",
-                                         "trainer.log_every_n_steps=10", "callbacks.attention_monitor.num_sentences=2"],
+                                         f"trainer.val_check_interval={steps // 2}",
+                                         "trainer.check_val_every_n_epoch=null", "trainer.log_every_n_steps=10",
+                                         "callbacks.attention_monitor.num_sentences=2"],
         out,
     )
     train(cfg)
@@ -189,7 +195,8 @@ def short_run(tiny_data_dir, out: Path, logger: str, steps: int = 40) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason='tensorboard is not installed (pip install -e ".[tensorboard]")')
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                    reason='tensorboard is not installed (pip install -e ".[tensorboard]")')
 def test_tensorboard_events_hold_the_scalars_and_the_pictures_of_every_validation(tiny_data_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -209,7 +216,8 @@ def test_tensorboard_events_hold_the_scalars_and_the_pictures_of_every_validatio
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason='wandb is not installed (pip install -e ".[wandb]")')
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None,
+                    reason='wandb is not installed (pip install -e ".[wandb]")')
 def test_wandb_offline_run_holds_the_pictures(tiny_data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -222,7 +230,8 @@ def test_wandb_offline_run_holds_the_pictures(tiny_data_dir, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason='mlflow is not installed (pip install -e ".[mlflow]")')
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
+                    reason='mlflow is not installed (pip install -e ".[mlflow]")')
 def test_mlflow_local_run_holds_the_pictures(tiny_data_dir, tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -36,7 +36,8 @@ def outputs_and_gradients(model, fast: bool, monkeypatch):
     logits, attn = model.decode(enc, tgt, need_attention=True)
     loss = (logits.log_softmax(-1) * torch.randn_like(logits)).sum()
     loss.backward()
-    return logits.detach(), attn["cross"].detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), attn["cross"].detach(), grads
 
 
 @pytest.mark.parametrize("name, overrides", [
@@ -93,7 +94,8 @@ def test_rnn_encoder_equals_a_packed_bidirectional_rnn(rnn_type, layers):
     assert ours[1, 3:].abs().max() == 0 and ours[3, 1:].abs().max() == 0
     probe = torch.randn_like(ours)
     inputs = [x, *encoder.parameters()]
-    for a, b in zip(torch.autograd.grad((ours * probe).sum(), inputs), torch.autograd.grad((theirs * probe).sum(), inputs)):
+    for a, b in zip(torch.autograd.grad((ours * probe).sum(), inputs),
+                    torch.autograd.grad((theirs * probe).sum(), inputs)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
@@ -115,7 +117,8 @@ def test_rnn_decoder_step_equals_nn_rnn(rnn_type, layers):
         torch.testing.assert_close(ours_state[key], theirs_state[key], rtol=0, atol=1e-12)
     params = list(rnn.parameters())
     probe = torch.randn_like(ours)
-    for a, b in zip(torch.autograd.grad((ours * probe).sum(), params), torch.autograd.grad((theirs * probe).sum(), params)):
+    for a, b in zip(torch.autograd.grad((ours * probe).sum(), params),
+                    torch.autograd.grad((theirs * probe).sum(), params)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
@@ -241,7 +244,9 @@ def test_gemm_counter_counts_the_hand_written_rnn_decoder_step():
     model.decode_step(enc, state, torch.full((3,), 5))
     rnn = model.rnn
     recurrent = 2.0 * 3 * (rnn.input_size + rnn.hidden_size) * 3 * rnn.hidden_size  # 3 rows, 3 gates
-    linear = sum(2.0 * 3 * m.in_features * m.out_features for m in (model.attention.W_q, model.pre_output, model.generator))
+    linear = sum(
+        2.0 * 3 * m.in_features * m.out_features for m in (model.attention.W_q, model.pre_output, model.generator)
+    )
     assert counter.flops == recurrent + linear
 
 

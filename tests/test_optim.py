@@ -153,7 +153,9 @@ def test_linear_schedule_ends_with_trainer_max_steps(tiny_data_dir, tmp_path):
     train(cfg)
     # Warm-up to the peak at update 1, then down a fifth per update: the last (update 5) at peak / 5.
     peak = cfg.optimizer.lr
-    assert list(logged_lrs(tmp_path).values()) == pytest.approx([peak, peak, 0.8 * peak, 0.6 * peak, 0.4 * peak, 0.2 * peak])
+    assert list(logged_lrs(tmp_path).values()) == pytest.approx(
+        [peak, peak, 0.8 * peak, 0.6 * peak, 0.4 * peak, 0.2 * peak]
+    )
 
 
 def lrs_of(sched: LinearDecayWarmup, n: int) -> list[float]:
@@ -176,7 +178,8 @@ def test_linear_schedule_warms_up_then_reaches_min_lr_after_the_last_update():
     assert lrs_of(linear(total_steps=4, min_lr=0.2), 6) == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.2])
 
 
-@pytest.mark.parametrize("kwargs,key", [({"total_steps": -1}, "total_steps"), ({"total_steps": 5, "warmup_steps": 5}, "warmup_steps"),
+@pytest.mark.parametrize("kwargs,key", [({"total_steps": -1}, "total_steps"),
+                                        ({"total_steps": 5, "warmup_steps": 5}, "warmup_steps"),
                                         ({"total_steps": 5, "min_lr": -1.0}, "min_lr")])
 def test_linear_schedule_refuses_bad_values(kwargs, key):
     with pytest.raises(ConfigError, match=f"scheduler.{key}="):
@@ -204,7 +207,8 @@ def test_linear_schedule_with_a_time_budget_reaches_min_lr_when_the_time_ends(mo
     sched = linear(total_time="00:00:01:40", total_steps=4)
     assert lrs_at_times(sched, [0, 10, 20, 30, 40]) == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
     # Without any update budget, trainer.max_steps=-1 is fine when there is a time budget.
-    assert lrs_at_times(linear(total_steps=-1, total_time=10, min_lr=0.5), [5, 10, 20]) == pytest.approx([1.0, 0.75, 0.5])
+    sched = linear(total_steps=-1, total_time=10, min_lr=0.5)
+    assert lrs_at_times(sched, [5, 10, 20]) == pytest.approx([1.0, 0.75, 0.5])
 
 
 def test_linear_schedule_time_budget_resumes_with_the_elapsed_time(monkeypatch):

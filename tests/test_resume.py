@@ -116,7 +116,9 @@ def test_killed_run_resumes_with_the_same_losses(small_corpus, uninterrupted, tm
         resumed = run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}"], tmp_path)
     else:  # the killer callback is part of the run's command line: disarm it
         cmd = [sys.executable, str(ROOT / "train.py"), f"resume={run_dir}", "callbacks.kill.step=-1"]
-        resumed = subprocess.run(cmd, cwd=tmp_path, env=with_killer(tmp_path), capture_output=True, text=True, timeout=600)
+        resumed = subprocess.run(
+            cmd, cwd=tmp_path, env=with_killer(tmp_path), capture_output=True, text=True, timeout=600
+        )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     found = re.search(rf"Resuming {run_dir} from \S+ \(step (\d+), epoch (\d+)\)", resumed.stdout)
     step_at_kill, epoch = int(found[1]), int(found[2])
@@ -260,7 +262,9 @@ def test_second_ctrl_c_aborts_at_once_without_saving(small_corpus, tmp_path):
     (tmp_path / "twice.py").write_text(DOUBLE_CTRL_C)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     run_dir = tmp_path / "run"
-    cmd = train_cmd(small_corpus, run_dir, "+callbacks.twice._target_=twice.CtrlCTwice", f"+callbacks.twice.step={EVERY + 3}")
+    cmd = train_cmd(
+        small_corpus, run_dir, "+callbacks.twice._target_=twice.CtrlCTwice", f"+callbacks.twice.step={EVERY + 3}"
+    )
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     out = done.stdout + done.stderr
     assert done.returncode not in (0, 128 + signal.SIGINT), out[-3000:]

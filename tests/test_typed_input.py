@@ -18,7 +18,8 @@ Keys accepted on purpose, with no wrong value to try (:data:`ACCEPTED`):
 * on the console commands, text keys that name a file or folder (``ckpt``, ``input``, ``out``):
   any text is a path, and a path that does not exist is its own one-line error;
 * train.py's own keys (``task_name``, ``resume``, ``optimized_metric``), ``paths.*`` and
-  ``data.train_prefix`` (a path or a list of paths): names and paths; ``seed`` is checked where it is used (``data.seed: ${seed}``, tested below);
+  ``data.train_prefix`` (a path or a list of paths): names and paths; ``seed`` is checked where it
+  is used (``data.seed: ${seed}``, tested below);
 * nodes given as ``_target_`` nodes (``model.attention``, ``trainer.plugins``): each of their keys
   is in the table instead;
 * numbers whose range only the constructor's body checks, not its annotation (Lightning's own):
@@ -143,7 +144,8 @@ def test_values_that_fit_or_cannot_be_checked_pass(ann, value):
 
 @pytest.mark.parametrize("text, ann, value", [
     ("5", int | None, 5), ("null", int | None, None), ("1.5", int, "1.5"), ("2", float, 2.0),
-    ("True", bool, True), ("[a.ckpt, b.ckpt]", str | list[str], ["a.ckpt", "b.ckpt"]), ("a.ckpt", str | list[str], "a.ckpt"),
+    ("True", bool, True), ("[a.ckpt, b.ckpt]", str | list[str], ["a.ckpt", "b.ckpt"]),
+    ("a.ckpt", str | list[str], "a.ckpt"),
     ("bf16", Literal[16, "bf16"], "bf16"), ("16", Literal[16, "bf16"], 16),
 ])
 def test_command_line_text_is_converted_to_the_keys_type(text, ann, value):
@@ -355,7 +357,8 @@ def run(args: list[str], cwd: Path, stdin: bytes = b"") -> subprocess.CompletedP
     (["train.py", "trainer.enable_progress_bar=3"], "error: trainer.enable_progress_bar=3 is not a boolean"),
     (["train.py", "data=parallel"], "error: data.train_prefix is required"),
     (["evaluate.py", "ckpt=/nonexistent/run", "decode.beam_size=0"], "error: decode.beam_size=0 must be >= 1"),
-    (["evaluate.py", "ckpt=/nonexistent/run", "eval.formats=[png,gif]"], "error: eval.formats=['png', 'gif'] holds 'gif'"),
+    (["evaluate.py", "ckpt=/nonexistent/run", "eval.formats=[png,gif]"],
+     "error: eval.formats=['png', 'gif'] holds 'gif'"),
     (["evaluate.py"], "error: ckpt is required"),
 ])
 def test_hydra_entry_points_refuse_wrong_values(args, expected, tmp_path):
@@ -369,7 +372,8 @@ def test_hydra_entry_points_refuse_wrong_values(args, expected, tmp_path):
 
 @pytest.mark.parametrize("args, stdin, expected", [
     (["attnmt-translate", "ckpt=/nonexistent/run", "alpha=abc"], b"a b\n", "error: alpha=abc is not a number"),
-    (["attnmt-translate", "ckpt=/nonexistent/run"], b"good line\ncaf\xe9\n", "error: <stdin>: line 2 is not valid UTF-8"),
+    (["attnmt-translate", "ckpt=/nonexistent/run"], b"good line\ncaf\xe9\n",
+     "error: <stdin>: line 2 is not valid UTF-8"),
     (["attnmt-average", "ckpt=/nonexistent/run", "last=0"], b"", "error: last=0 must be >= 1"),
     (["attnmt-compare"], b"", "error: the following arguments are required: folder"),
 ])
@@ -438,9 +442,11 @@ from attnmt.export import main as export
 from attnmt.serve import main as serve
 sys.stdin = io.TextIOWrapper(io.BytesIO(b"a\\n"))
 for main, argv in [(translate, ["--help"]), (translate, ["ckpt=x", "alpha=abc"]), (translate, ["ckpt=x", "beam=2"]),
-                   (translate, ["ckpt=x", "input=/nonexistent"]), (average, ["--help"]), (average, ["ckpt=x", "last=abc"]),
-                   (compare, ["--help"]), (compare, []), (compare, ["a", "b"]), (export, ["--help"]),
-                   (export, ["ckpt=x", "quantization=int4"]), (serve, ["--help"]), (serve, ["ckpt=x", "port=0"])]:
+                   (translate, ["ckpt=x", "input=/nonexistent"]),
+                   (average, ["--help"]), (average, ["ckpt=x", "last=abc"]),
+                   (compare, ["--help"]), (compare, []), (compare, ["a", "b"]),
+                   (export, ["--help"]), (export, ["ckpt=x", "quantization=int4"]),
+                   (serve, ["--help"]), (serve, ["ckpt=x", "port=0"])]:
     try:
         main(argv)
     except SystemExit:

@@ -37,7 +37,8 @@ def best_layer(
     pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
     aer = per_layer_aer(attention_links(model, tokenizer, dataset, pairs, batch_tokens, None, method, threshold), gold)
     layer = min(range(len(aer)), key=lambda i: aer[i])  # the first of equals: the lower layer
-    log.info("eval.layer=best: layer %d of %d (validation AER per layer: %s, gold %s)", layer + 1, len(aer), aer, gold_file)
+    log.info("eval.layer=best: layer %d of %d (validation AER per layer: %s, gold %s)",
+             layer + 1, len(aer), aer, gold_file)
     return layer, aer, str(gold_file)
 
 

@@ -76,7 +76,8 @@ def require_eflomal(key: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec("eflomal") is None:
-        raise ConfigError(f"{key} needs eflomal, which is not installed: pip install 'attnmt[align]' (or pip install eflomal)")
+        raise ConfigError(f"{key} needs eflomal, which is not installed: "
+                          "pip install 'attnmt[align]' (or pip install eflomal)")
 
 
 def _run_eflomal(sources: list[str], targets: list[str], settings: dict) -> list[tuple[set[Link], set[Link]]]:

@@ -163,7 +163,8 @@ def sentence_links(
 def layer_index(layer: int, num_layers: int, key: str = "eval.layer") -> int:
     """``layer`` (negative counts from the end) as an index, or a one-line error naming ``key``."""
     if not -num_layers <= layer < num_layers:
-        raise ConfigError(f"{key}={layer} is out of range for a model with {num_layers} layers (0..{num_layers - 1}, or -1 for the last)")
+        raise ConfigError(f"{key}={layer} is out of range for a model with {num_layers} layers "
+                          f"(0..{num_layers - 1}, or -1 for the last)")
     return layer % num_layers
 
 
@@ -192,5 +193,7 @@ def attention_links(
                 src_ids, tgt = dataset.src[pairs[k][0]], pairs[k][1]
                 tgt_pieces, src_pieces = tokenizer.tgt_pieces(tgt), tokenizer.src_pieces(src_ids)
                 for n, layer in enumerate(chosen):
-                    out[n][k] = sentence_links(cross[b, layer, : len(tgt) + 1], tgt_pieces, src_pieces, method, threshold)
+                    out[n][k] = sentence_links(
+                        cross[b, layer, : len(tgt) + 1], tgt_pieces, src_pieces, method, threshold
+                    )
     return out or [[] for _ in (layers or [0])]

@@ -38,7 +38,9 @@ class LastCheckpoint(Checkpoint):
     def __init__(self, dirpath: str, every_n_train_steps: PositiveInt | None = None,
                  every_n_minutes: PositiveFloat | None = 10.0):
         if every_n_train_steps is not None and every_n_train_steps <= 0:
-            raise ConfigError(f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps} must be positive or null")
+            raise ConfigError(
+                f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps} must be positive or null"
+            )
         if every_n_minutes is not None and every_n_minutes <= 0:
             raise ConfigError(f"callbacks.last_checkpoint.every_n_minutes={every_n_minutes} must be positive or null")
         self.dirpath = Path(dirpath)

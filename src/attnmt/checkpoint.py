@@ -62,7 +62,9 @@ def check_weights(path: Path, expected: dict, found: dict, tokenizer: Tokenizer)
                 f"{path}: its vocabulary has {want[0]} pieces but {key} was trained with {got[0]}: "
                 "sentencepiece model and weights come from different runs"
             )
-        raise CheckpointError(f"{path}: weights do not match its model config ({key} is {got}, the config builds {want})")
+        raise CheckpointError(
+            f"{path}: weights do not match its model config ({key} is {got}, the config builds {want})"
+        )
 
 
 def load_for_decoding(path: str | Path) -> tuple[Seq2Seq, Tokenizer, dict, Path]:
@@ -74,7 +76,9 @@ def load_for_decoding(path: str | Path) -> tuple[Seq2Seq, Tokenizer, dict, Path]
         config, tokenizer = meta["config"], Tokenizer.from_state(meta["tokenizer"])
         config["model"]["_target_"]
     except Exception as e:  # a hand-edited or foreign 'attnmt' entry
-        raise CheckpointError(f"{path}: damaged '{CHECKPOINT_KEY}' entry ({type(e).__name__}: {str(e)[:120]})") from None
+        raise CheckpointError(
+            f"{path}: damaged '{CHECKPOINT_KEY}' entry ({type(e).__name__}: {str(e)[:120]})"
+        ) from None
     model = build_model(config["model"], tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     check_weights(path, model.state_dict(), state, tokenizer)

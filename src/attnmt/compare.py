@@ -67,7 +67,9 @@ def summarize(run: Path, label: str, split: str = "test") -> dict:
     summary = yaml.safe_load((run / "summary.yaml").read_text())
     model, tokenizer, train_cfg, _ = load_for_decoding(run)
     src, ref, _ = split_files(train_cfg, split, None, None)
-    *_, scores = decode_lines(model, tokenizer, train_cfg, *read_parallel(src, ref), DecodeSettings(beam_size=1), progress=False)
+    *_, scores = decode_lines(
+        model, tokenizer, train_cfg, *read_parallel(src, ref), DecodeSettings(beam_size=1), progress=False
+    )
     return {
         "run": label,
         "model": summary["model"].rsplit(".", 1)[-1],

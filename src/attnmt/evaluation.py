@@ -118,11 +118,15 @@ def evaluate(cfg: DictConfig) -> dict:
     first = torch.tensor([tokenizer.encode_src(sources[:1])[0][:8] + [EOS_ID]])
     probe, _ = forced_attention(model, first, torch.ones_like(first, dtype=torch.bool), [[]])
     if e.attention not in probe:
-        raise ConfigError(f"eval.attention={e.attention}: {model_name} has no {e.attention} attention; it has {', '.join(sorted(probe))}")
+        raise ConfigError(f"eval.attention={e.attention}: {model_name} has no {e.attention} attention; "
+                          f"it has {', '.join(sorted(probe))}")
     if e.layer != "best":
         layer_index(e.layer, probe[e.attention].size(1))
         layer_index(e.layer, probe["cross"].size(1))
-    chosen = best_layer(model, tokenizer, train_cfg, e.align_method, e.align_threshold, decode.batch_tokens) if e.layer == "best" else None
+    chosen = (
+        best_layer(model, tokenizer, train_cfg, e.align_method, e.align_threshold, decode.batch_tokens)
+        if e.layer == "best" else None
+    )
     if e.baseline == "eflomal":
         require_eflomal("eval.baseline=eflomal")
     if e.layer == "best" and chosen is None:
@@ -133,7 +137,9 @@ def evaluate(cfg: DictConfig) -> dict:
 
     # Word alignments of each source with its reference, read by the model (teacher-forced).
     pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
-    per_layer = attention_links(model, tokenizer, dataset, pairs, decode.batch_tokens, None, e.align_method, e.align_threshold)
+    per_layer = attention_links(
+        model, tokenizer, dataset, pairs, decode.batch_tokens, None, e.align_method, e.align_threshold
+    )
     layer = chosen[0] if chosen else layer_index(-1 if e.layer == "best" else e.layer, len(per_layer))
     atomic_write_text(out_dir / "alignments.txt", "".join(format_links(x) + "\n" for x in per_layer[layer]))
     alignment = {"file": "alignments.txt", "layer": layer, "num_layers": len(per_layer), "method": e.align_method}
@@ -150,11 +156,16 @@ def evaluate(cfg: DictConfig) -> dict:
         if e.baseline == "eflomal":
             baseline = eflomal_baseline(train_cfg, sources, references)
             atomic_write_text(out_dir / "alignments.eflomal.txt", "".join(format_links(x) + "\n" for x in baseline))
-            alignment["baseline"] = {"aligner": "eflomal", "symmetrisation": "grow-diag-final-and", "file": "alignments.eflomal.txt"}
+            alignment["baseline"] = {
+                "aligner": "eflomal", "symmetrisation": "grow-diag-final-and", "file": "alignments.eflomal.txt"
+            }
             alignment["aer_baseline"] = round(100 * alignment_error_rate(baseline, gold), 2)
     elif e.baseline is not None:
         log.warning("eval.baseline=%s: no gold alignments for %s, so no AER to compare", e.baseline, src_file)
-    plots = e.heatmaps(layer if e.attention == "cross" else layer_index(-1 if e.layer == "best" else e.layer, probe[e.attention].size(1)))
+    plots = e.heatmaps(
+        layer if e.attention == "cross"
+        else layer_index(-1 if e.layer == "best" else e.layer, probe[e.attention].size(1))
+    )
 
     pictures = export_heatmaps(
         model, tokenizer, dataset, hyp_ids, references, gold, out_dir, plots, model_name, decode.search, baseline
@@ -183,25 +194,39 @@ def evaluate(cfg: DictConfig) -> dict:
         "model": f"{model_name} ({ckpt_path})",
         "data": f"{src_file} -> {ref_file} ({len(hypotheses)} sentences)",
         "decoding": decode.search,
-        **{name.upper() if name != "chrf" else "chrF": f"{scores[name]['score']:.2f}  ({scores[name]['signature']})" for name in ("bleu", "chrf", "ter")},
+        **{
+            name.upper() if name != "chrf" else "chrF": f"{scores[name]['score']:.2f}  ({scores[name]['signature']})"
+            for name in ("bleu", "chrf", "ter")
+        },
     }
     if gold is not None:
-        summary["AER"] = f"{alignment['aer']:.2f}  (layer {layer + 1} of {len(per_layer)}{' (best on valid)' if chosen else ''}, heads averaged, {e.align_method}, gold {gold_file})"
+        summary["AER"] = (
+            f"{alignment['aer']:.2f}  (layer {layer + 1} of {len(per_layer)}{' (best on valid)' if chosen else ''}, "
+            f"heads averaged, {e.align_method}, gold {gold_file})"
+        )
         if "aer_baseline" in alignment:
-            summary["AER eflomal"] = f"{alignment['aer_baseline']:.2f}  (both directions, grow-diag-final-and, same gold)"
+            summary["AER eflomal"] = (
+                f"{alignment['aer_baseline']:.2f}  (both directions, grow-diag-final-and, same gold)"
+            )
         if len(per_layer) > 1:
             summary["AER per layer"] = "  ".join(f"{x:.2f}" for x in alignment["aer_per_layer"])
-    write_index(out_dir / "index.html", f"attnmt evaluation: {model_name}", summary, sources, hypotheses, references, pictures)
+    write_index(
+        out_dir / "index.html", f"attnmt evaluation: {model_name}", summary, sources, hypotheses, references, pictures
+    )
 
     print(f"\n{model_name} on {src_file} ({len(hypotheses)} sentences, {decode.search})")
     print(f"  {'metric':7s} {'score':>6s}   signature")
     for name, label in (("bleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER")):
         print(f"  {label:7s} {scores[name]['score']:6.2f}   {scores[name]['signature']}")
     if gold is not None:
-        print(f"  {'AER':7s} {alignment['aer']:6.2f}   layer {layer + 1}/{len(per_layer)}{' (best on valid)' if chosen else ''}, heads averaged, {e.align_method}, vs {gold_file}")
+        print(f"  {'AER':7s} {alignment['aer']:6.2f}   layer {layer + 1}/{len(per_layer)}"
+              f"{' (best on valid)' if chosen else ''}, heads averaged, {e.align_method}, vs {gold_file}")
         if "aer_baseline" in alignment:
-            print(f"  {'eflomal':7s} {alignment['aer_baseline']:6.2f}   AER of eflomal (both directions, grow-diag-final-and), same gold")
+            print(f"  {'eflomal':7s} {alignment['aer_baseline']:6.2f}   "
+                  "AER of eflomal (both directions, grow-diag-final-and), same gold")
         if len(per_layer) > 1:
-            print("  AER per layer: " + ", ".join(f"{i + 1}: {x:.2f}" for i, x in enumerate(alignment["aer_per_layer"])))
-    print(f"  wrote hypotheses.txt, alignments.txt, results.json, index.html and {results['heatmaps']} images to {out_dir}")
+            print("  AER per layer: "
+                  + ", ".join(f"{i + 1}: {x:.2f}" for i, x in enumerate(alignment["aer_per_layer"])))
+    print(f"  wrote hypotheses.txt, alignments.txt, results.json, index.html and {results['heatmaps']} images "
+          f"to {out_dir}")
     return results

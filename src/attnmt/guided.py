@@ -98,7 +98,9 @@ class GuidedAlignment:
         word_links = eflomal_links(sources, targets, cache_dir)
         self.links = {}
         for s_ids, t_ids, links in zip(tokenizer.encode_src(sources), tokenizer.encode_tgt(targets), word_links):
-            self.links[_key(s_ids, t_ids)] = subword_links(links, tokenizer.src_pieces(s_ids), tokenizer.tgt_pieces(t_ids))
+            self.links[_key(s_ids, t_ids)] = subword_links(
+                links, tokenizer.src_pieces(s_ids), tokenizer.tgt_pieces(t_ids)
+            )
         log.info("Guided alignment: eflomal links for %d training pairs, weight %g", len(self.links), self.weight)
 
     def target(self, batch: dict[str, Tensor]) -> Tensor:
@@ -125,7 +127,9 @@ class GuidedAlignment:
         cross = attn["cross"]  # (B, L, H, T, S)
         layer = layer_index(self.layer, cross.size(1), "task.guided_alignment.layer")
         if self.heads > cross.size(2):
-            raise ConfigError(f"task.guided_alignment.heads={self.heads}: the model's attention has {cross.size(2)} heads")
+            raise ConfigError(
+                f"task.guided_alignment.heads={self.heads}: the model's attention has {cross.size(2)} heads"
+            )
         supervised = cross[:, layer, : self.heads].mean(1)  # (B, T, S)
         kl, rows = guided_alignment_loss(supervised, self.target(batch))
         return logits, kl / rows.clamp_min(1)

@@ -157,7 +157,8 @@ def write_index(
     rows = []
     for i, (s, h, r) in enumerate(zip(sources, hypotheses, references)):
         images = "".join(
-            f'<a href="{esc(p.relative_to(path.parent).as_posix())}"><img src="{esc(p.relative_to(path.parent).as_posix())}" loading="lazy" alt="attention, sentence {i}"></a>'
+            f'<a href="{esc(p.relative_to(path.parent).as_posix())}">'
+            f'<img src="{esc(p.relative_to(path.parent).as_posix())}" loading="lazy" alt="attention, sentence {i}"></a>'
             for p in pictures.get(i, []) if p.suffix == ".png"
         )
         vector = " ".join(

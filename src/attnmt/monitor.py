@@ -148,7 +148,9 @@ class AttentionMonitor(Callback):
         tokenizer = pl_module.tokenizer
         src = pad(dataset.src).to(pl_module.device)  # (B, S)
         mask = src != PAD_ID
-        hyp_ids = [h.tokens for h in greedy_search(pl_module.model, src, mask, getattr(pl_module, "max_len_ratio", 1.5))]
+        hyp_ids = [
+            h.tokens for h in greedy_search(pl_module.model, src, mask, getattr(pl_module, "max_len_ratio", 1.5))
+        ]
         references = [t[1:-1] for t in dataset.tgt]
         attn, _ = forced_attention(pl_module.model, src, mask, references)
         cross = attn["cross"].float().mean(2).cpu().numpy()  # (B, L, T, S), heads averaged
@@ -223,7 +225,8 @@ def hypotheses_text(record: dict) -> str:
         score = f"entropy {s['entropy']:.3f}" + ("" if s["aer"] is None else f", AER {s['aer']:.3f}")
         lines += [
             f"**sentence {s['index']}** ({score})", "",
-            f"    source:     {s['source']}", f"    hypothesis: {s['hypothesis']}", f"    reference:  {s['reference']}", "",
+            f"    source:     {s['source']}", f"    hypothesis: {s['hypothesis']}",
+            f"    reference:  {s['reference']}", "",
         ]
     return "\n".join(lines)
 
@@ -250,7 +253,9 @@ def send_to_loggers(loggers: list, record: dict, dirpath: Path) -> None:
                     logger.log_image(key=tag, images=[str(path)], step=step, caption=[s["hypothesis"]])
                 logger.log_text(
                     key="attention/hypotheses", columns=["step", "sentence", "source", "hypothesis", "reference"],
-                    data=[[step, s["index"], s["source"], s["hypothesis"], s["reference"]] for s in record["sentences"]],
+                    data=[
+                        [step, s["index"], s["source"], s["hypothesis"], s["reference"]] for s in record["sentences"]
+                    ],
                     step=step,
                 )
             elif isinstance(logger, MLFlowLogger):

@@ -30,7 +30,11 @@ def prefer_fused(factory: Callable[..., Optimizer], precision: str, device_type:
     """``factory`` (a partial of an optimizer with ``fused=None``) with ``fused`` chosen: True on
     CPU and CUDA unless ``precision`` is 16-mixed (Lightning cannot clip the gradients of a fused
     step that unscales them itself). Other factories come back unchanged."""
-    if not isinstance(factory, functools.partial) or "fused" not in factory.keywords or factory.keywords["fused"] is not None:
+    if (
+        not isinstance(factory, functools.partial)
+        or "fused" not in factory.keywords
+        or factory.keywords["fused"] is not None
+    ):
         return factory
     fused = device_type in FUSED_DEVICES and precision != "16-mixed"
     return functools.partial(factory, fused=fused)

@@ -56,7 +56,8 @@ def plot_attention(
     sure: Cells = (), possible: Cells = (), aligner: Cells = (),
 ) -> list[Path]:
     """One heatmap of ``weights`` ``(T, S)``: row ``t`` is the distribution ``rows[t]`` used over
-    ``cols``; gold links as circles (sure) and crosses (possible), an aligner's as plus signs. Word-level weights (a column sums subwords) may exceed 1 only through rounding."""
+    ``cols``; gold links as circles (sure) and crosses (possible), an aligner's as plus signs.
+    Word-level weights (a column sums subwords) may exceed 1 only through rounding."""
     assert weights.shape == (len(rows), len(cols)), (weights.shape, len(rows), len(cols))
     w = max(4.0, 0.32 * len(cols) + 2.0)
     h = max(3.0, 0.32 * len(rows) + 1.5)

@@ -209,9 +209,13 @@ def write_run_page(
             gif_path = attention_dir / f"{first['index']:04d}.gif"
             if redraw or not gif_path.is_file():
                 write_gif([attention_dir / r["sentences"][k]["images"][0] for r in records], gif_path, gif_frames)
-            gif = f'<details><summary>animated GIF</summary><img src="{esc(rel(gif_path))}" alt="attention over training, sentence {first["index"]}"></details>'
+            gif = (
+                f'<details><summary>animated GIF</summary><img src="{esc(rel(gif_path))}" '
+                f'alt="attention over training, sentence {first["index"]}"></details>'
+            )
         images = "".join(
-            f'<img id="img{k}_{n}" src="{esc(p)}" alt="attention, sentence {first["index"]}">' for n, p in enumerate(last["images"])
+            f'<img id="img{k}_{n}" src="{esc(p)}" alt="attention, sentence {first["index"]}">'
+            for n, p in enumerate(last["images"])
         )
         blocks.append(f"""<section class=sentence>
 <h3>Sentence {first['index']}</h3>
@@ -230,7 +234,8 @@ AER <span id="aer{k}">{_fmt(last['aer']) or 'n/a'}</span></p>
     text = PAGE.format(
         title=esc(f"attnmt run: {run_dir.name}"), state=state, step=step, summary=summary,
         curves=esc(rel(run_dir / "curves.png")), steps_rows=steps_rows,
-        blocks="\n".join(blocks) or "<p>No attention monitor records (callbacks.attention_monitor is off, or no validation yet).</p>",
+        blocks="\n".join(blocks)
+        or "<p>No attention monitor records (callbacks.attention_monitor is off, or no validation yet).</p>",
         data=data,
     )
     path = run_dir / "index.html"
@@ -242,7 +247,8 @@ PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 90em; }}
-table {{ border-collapse: collapse; }} td, th {{ border-bottom: 1px solid #ddd; padding: .3em .6em; text-align: left; vertical-align: top; }}
+table {{ border-collapse: collapse; }}
+td, th {{ border-bottom: 1px solid #ddd; padding: .3em .6em; text-align: left; vertical-align: top; }}
 th {{ background: #f4f4f4; }} .k {{ color: #777; display: inline-block; min-width: 6.5em; }}
 img {{ max-width: 100%; display: block; margin: .4em 0; }} input[type=range] {{ width: 30em; max-width: 90%; }}
 section.sentence {{ border-top: 1px solid #ccc; margin-top: 1.5em; }}

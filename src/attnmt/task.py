@@ -76,7 +76,9 @@ class TranslationTask(pl.LightningModule):
         if ops.enabled():
             loss = ops.smoothed_cross_entropy(logits, target, label_smoothing, PAD_ID)  # one (B*T, V) buffer
         else:
-            loss = F.cross_entropy(logits, target, ignore_index=PAD_ID, label_smoothing=label_smoothing, reduction="sum")
+            loss = F.cross_entropy(
+                logits, target, ignore_index=PAD_ID, label_smoothing=label_smoothing, reduction="sum"
+            )
         return loss, (target != PAD_ID).sum()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:

@@ -122,7 +122,8 @@ def train(cfg: DictConfig) -> float | None:
     ckpt_path, step = None, 0
     run_dir = Path(cfg.resume) if cfg.get("resume") else None
     if run_dir is None and requeued() and find_checkpoints(output_dir):
-        log.info("SLURM requeued this job (SLURM_RESTART_COUNT=%s): resuming its run", os.environ["SLURM_RESTART_COUNT"])
+        log.info("SLURM requeued this job (SLURM_RESTART_COUNT=%s): resuming its run",
+                 os.environ["SLURM_RESTART_COUNT"])
         run_dir = output_dir
     if run_dir is not None:
         if run_dir.resolve() != output_dir.resolve():
@@ -174,7 +175,8 @@ def train(cfg: DictConfig) -> float | None:
     if interrupted is not None:
         why = "Ctrl-C" if interrupted == signal.SIGINT else "SIGTERM"
         log.warning(
-            "Stopped by %s after step %d; continue with: python train.py resume=%s", why, trainer.global_step, output_dir
+            "Stopped by %s after step %d; continue with: python train.py resume=%s",
+            why, trainer.global_step, output_dir,
         )
         sys.exit(128 + interrupted)
     log.info("Finished in %.1f s; best val/bleu %s; run folder %s", elapsed, best, output_dir)

@@ -70,7 +70,11 @@ def translate_dataset(
         for indices in tqdm(list(sampler), desc="decoding", unit="batch", disable=not progress, file=sys.stderr):
             batch = dataset.collate(indices)
             if settings.beam_size == 1:
-                hyps = [[h] for h in greedy_search(model, batch["src"], batch["src_mask"], settings.max_len_ratio, alpha=settings.alpha)]
+                hyps = [
+                    [h] for h in greedy_search(
+                        model, batch["src"], batch["src_mask"], settings.max_len_ratio, alpha=settings.alpha
+                    )
+                ]
             else:
                 hyps = beam_search(
                     model, batch["src"], batch["src_mask"], settings.beam_size, settings.alpha,

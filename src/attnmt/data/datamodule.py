@@ -204,7 +204,8 @@ class TranslationDataModule(pl.LightningDataModule):
                 "data.max_len=%d subwords%s",
                 src_file, tgt_file, stats["kept"], stats["pairs"], f", repeated {times} times" if times > 1 else "",
                 stats["blank"], stats["too_long"], self.max_len,
-                f", {stats['uneven']} more uneven than data.max_len_ratio={self.max_len_ratio}" if "uneven" in stats else "",
+                f", {stats['uneven']} more uneven than data.max_len_ratio={self.max_len_ratio}"
+                if "uneven" in stats else "",
             )
         if len(stores) > 1:
             totals["corpora"] = len(stores)

@@ -53,7 +53,8 @@ def download(url: str, path: Path, expected: str, timeout: float = 60.0) -> None
         ) from None
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
-        raise DataError(f"{url}: checksum mismatch (sha256 {actual[:12]}..., expected {expected[:12]}...); nothing was cached")
+        raise DataError(f"{url}: checksum mismatch (sha256 {actual[:12]}..., expected {expected[:12]}...); "
+                        "nothing was cached")
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
 
@@ -102,12 +103,15 @@ class Multi30kDataModule(TranslationDataModule):
         folder = self.folder
         local = folder == self.source_dir
         if not local and self.source_dir is not None:
-            log.info("data.source_dir=%s does not exist: using %s (downloading what is missing)", self.source_dir, folder)
+            log.info("data.source_dir=%s does not exist: using %s (downloading what is missing)",
+                     self.source_dir, folder)
         for name in self.needed():
             path = folder / name
             if not path.is_file():
                 if local:
-                    raise DataError(f"{path}: no such file (data.source_dir must hold Multi30k's raw <split>.<lang>.gz files)")
+                    raise DataError(
+                        f"{path}: no such file (data.source_dir must hold Multi30k's raw <split>.<lang>.gz files)"
+                    )
                 download(f"{self.base_url}/{name}", path, SHA256[name])
             elif sha256(path) != SHA256[name]:
                 hint = "replace it with the original file" if local else "delete it to download it again"

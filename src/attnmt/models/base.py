@@ -63,7 +63,9 @@ def select_batch(state: State, index: Tensor) -> State:
 def sinusoid_positions(length: int, dim: int, device=None) -> Tensor:
     """Vaswani et al. (2017) section 3.5: ``PE[pos, 2i] = sin(pos / 10000^(2i/d))``, cos for odd."""
     pos = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)  # (T, 1)
-    div = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-torch.log(torch.tensor(10000.0)) / dim))
+    div = torch.exp(
+        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-torch.log(torch.tensor(10000.0)) / dim)
+    )
     pe = torch.zeros(length, dim, device=device)
     pe[:, 0::2] = torch.sin(pos * div)
     pe[:, 1::2] = torch.cos(pos * div[: dim // 2])

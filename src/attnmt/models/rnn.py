@@ -194,7 +194,9 @@ class LuongRNN(RNNSeq2Seq):
         input_feeding: bool = True,
         **kwargs,
     ):
-        super().__init__(src_vocab_size, tgt_vocab_size, attention, extra_input="feed" if input_feeding else "none", **kwargs)
+        super().__init__(
+            src_vocab_size, tgt_vocab_size, attention, extra_input="feed" if input_feeding else "none", **kwargs
+        )
         self.input_feeding = input_feeding
         memory_size = self.bridge.in_features
         self.W_c = nn.Linear(memory_size + self.hidden_size, self.hidden_size, bias=False)

@@ -88,7 +88,11 @@ def keys_help(schemas: tuple[type, ...]) -> str:
             if f.default is dataclasses.MISSING:
                 text = f"{help_text} (required)"
             else:
-                default = "null" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
+                default = (
+                    "null" if f.default is None
+                    else str(f.default).lower() if isinstance(f.default, bool)
+                    else str(f.default)
+                )
                 text = f"{help_text}; {describe(hints[f.name])} [{default}]"
             head = f"  {f.name}={meta.get('metavar', 'VALUE')}"
             lines += textwrap.wrap(text, width=100, initial_indent=f"{head:<21s}", subsequent_indent=" " * 21,

@@ -127,7 +127,9 @@ def build(node: Any, key: str, **kwargs) -> Any:
         raise ConfigError(f"{key}: cannot build {target} ({str(e).splitlines()[0]})") from None
 
 
-def compose(config_name: str, overrides: list[str], config_dir: str | Path, output_dir: str | Path | None = None) -> DictConfig:
+def compose(
+    config_name: str, overrides: list[str], config_dir: str | Path, output_dir: str | Path | None = None
+) -> DictConfig:
     """``conf/<config_name>.yaml`` with ``overrides``, composed as its entry point would compose it
     (Hydra's own settings resolved, then left out), for code that runs a config without the
     command line: tests and benchmarks. ``output_dir`` replaces ``paths.output_dir``."""

@@ -39,7 +39,11 @@ class StopOnCtrlC:
 
     def _training(self) -> bool:
         state = self.trainer.state
-        return state.fn == TrainerFn.FITTING and state.status == TrainerStatus.RUNNING and not self.trainer.sanity_checking
+        return (
+            state.fn == TrainerFn.FITTING
+            and state.status == TrainerStatus.RUNNING
+            and not self.trainer.sanity_checking
+        )
 
     def _handle(self, signum, frame) -> None:
         if self.received or not self._training():
