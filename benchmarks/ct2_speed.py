@@ -111,10 +111,12 @@ def main() -> None:
                                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=False)
                 if proc.returncode:
                     sys.exit(f"{name} beam {beam} failed:\n{proc.stderr[-3000:]}")
-                row = {"decoder": name, "search": "greedy" if beam == 1 else f"beam {beam}", **json.loads(proc.stdout.splitlines()[-1])}
+                row = {"decoder": name, "search": "greedy" if beam == 1 else f"beam {beam}",
+                       **json.loads(proc.stdout.splitlines()[-1])}
                 rows.append(row)
                 print(f"{row['decoder']:18s} {row['search']:7s} {row['sent_s']:8.2f} sent/s  BLEU {row['bleu']:6.2f}  "
-                      f"peak RSS {row['peak_rss_mib']:5d} MiB (before load {row['rss_before_load_mib']} MiB)", flush=True)
+                      f"peak RSS {row['peak_rss_mib']:5d} MiB (before load {row['rss_before_load_mib']} MiB)",
+                      flush=True)
     print(f"\n{rows[0]['sentences']} sentences of {args.src}, {args.threads} threads, alpha 0.6, ~4096-token batches")
     print(f"{'decoder':18s} {'search':7s} {'sent/s':>8s} {'x attnmt':>8s} {'BLEU':>6s} {'peak RSS MiB':>12s}")
     for row in rows:

@@ -125,7 +125,8 @@ def main() -> None:
     n = min(args.requests, len(sentences))
     base = baseline(args.ckpt, sentences[:n], args.beam)
     print(f"attnmt-serve ckpt={args.ckpt}, beam {args.beam}, single-sentence requests from {args.src}")
-    print(f"{'clients':>7s} {'requests':>8s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s} {'x translate':>11s}")
+    print(f"{'clients':>7s} {'requests':>8s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s} "
+          f"{'x translate':>11s}")
     for r in rows:
         print(f"{r['concurrency']:7d} {r['requests']:8d} {r['req_s']:8.2f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} "
               f"{r['errors']:6d} {r['req_s'] / base:11.2f}")

@@ -92,7 +92,8 @@ def trained_runs(tiny_data_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported_transformer(trained_runs, tmp_path_factory):
     """The trained Transformer run and its CTranslate2 exports: ``(run_dir, {quantization: dir})``."""
-    pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed (pip install -e '.[ctranslate2]')")
+    pytest.importorskip("ctranslate2",
+                        reason="the ctranslate2 extra is not installed (pip install -e '.[ctranslate2]')")
     from attnmt.export import export
 
     run_dir = trained_runs[1]["transformer"][1]

@@ -8,7 +8,6 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from conftest import build_tiny_model, compose_config
 
 from attnmt.alignment import attention_links, format_links
 from attnmt.checkpoint import load_for_decoding
@@ -18,6 +17,8 @@ from attnmt.export import METADATA
 from attnmt.export import main as export_main
 from attnmt.metrics import corpus_scores
 from attnmt.translate import DecodeSettings, TranslateSettings, translate_dataset, translate_lines
+
+from conftest import build_tiny_model, compose_config
 
 
 def one_line_error(argv, capsys) -> str:
@@ -115,8 +116,11 @@ def test_translate_command_on_an_export(decoded, exported_transformer, tiny_data
     settings = DecodeSettings(beam_size=1)
     args = TranslateSettings(ckpt=str(folders["float32"]), scores=True, alignments=True)
     rows = [r.split(" ||| ") for r in translate_lines(args, settings, lines)]
-    torch_rows = [r.split(" ||| ") for r in translate_lines(TranslateSettings(ckpt=str(run_dir), scores=True, alignments=True), settings, lines)]
-    assert [r[1] for r in rows] == [r[1] for r in torch_rows] == decoded.tokenizer.decode_tgt(decoded.hyps["torch", 1][:20]) + [""]
+    torch_args = TranslateSettings(ckpt=str(run_dir), scores=True, alignments=True)
+    torch_rows = [r.split(" ||| ") for r in translate_lines(torch_args, settings, lines)]
+    assert [r[1] for r in rows] == [r[1] for r in torch_rows] == (
+        decoded.tokenizer.decode_tgt(decoded.hyps["torch", 1][:20]) + [""]
+    )
     for mine, theirs in zip(rows, torch_rows):  # attnmt's score, recomputed by CTranslate2
         assert float(mine[2]) == pytest.approx(float(theirs[2]), abs=2e-3)
     assert sum(m[3] == t[3] for m, t in zip(rows, torch_rows)) >= 19  # same layer, heads averaged
@@ -135,7 +139,10 @@ def test_evaluate_an_export(decoded, exported_transformer, tmp_path):
     assert results["heatmaps"] == 0 and 0.0 <= results["aer"] <= 100.0
     # The alignments are those of the PyTorch model's last layer, heads averaged.
     pairs = [(i, t[1:-1]) for i, t in enumerate(decoded.dataset.tgt)]
-    expected = [format_links(x) for x in attention_links(decoded.model, decoded.tokenizer, decoded.dataset, pairs, layers=[-1])[0]]
+    expected = [
+        format_links(x)
+        for x in attention_links(decoded.model, decoded.tokenizer, decoded.dataset, pairs, layers=[-1])[0]
+    ]
     found = (out / "alignments.txt").read_text().splitlines()
     assert sum(a == b for a, b in zip(found, expected)) >= 0.95 * len(expected)
 

@@ -41,7 +41,9 @@ def test_translations_equal_attnmt_translate(served):
     lines = sentences[:12] + [""]
     reply = client.post("/translate", json={"text": lines, "beam_size": 5})
     assert reply.status_code == 200, reply.text
-    assert reply.json()["translations"] == translate_lines(TranslateSettings(ckpt=ckpt), DecodeSettings(beam_size=5), lines)
+    assert reply.json()["translations"] == translate_lines(
+        TranslateSettings(ckpt=ckpt), DecodeSettings(beam_size=5), lines
+    )
 
 
 @pytest.mark.slow
@@ -99,7 +101,9 @@ def live_server(exported_transformer):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     settings = ServeSettings(ckpt=str(run_dir), port=port, batch_wait_ms=200)
-    server = uvicorn.Server(uvicorn.Config(create_app(load_backend(settings.ckpt), settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(load_backend(settings.ckpt), settings), host="127.0.0.1", port=port, log_level="warning"
+    ))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):
@@ -112,7 +116,9 @@ def live_server(exported_transformer):
 
 
 def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url + "/translate", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url + "/translate", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as reply:
         return json.loads(reply.read())
 

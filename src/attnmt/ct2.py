@@ -40,7 +40,9 @@ class ExportedModel:
         self.path = Path(path)
         self.meta = read_metadata(self.path)
         target = self.path / "target.spm"
-        self.tokenizer = Tokenizer((self.path / "source.spm").read_bytes(), target.read_bytes() if target.is_file() else None)
+        self.tokenizer = Tokenizer(
+            (self.path / "source.spm").read_bytes(), target.read_bytes() if target.is_file() else None
+        )
         self.config = self.meta["config"]
         self.max_len = int(self.meta.get("max_len", 128))
         self.translator = ctranslate2.Translator(
@@ -106,7 +108,9 @@ class ExportedModel:
             out[i].append(Hypothesis(h.tokens, lp / length_penalty(len(h.tokens) + 1, alpha), lp))
         return [sorted(hs, key=lambda h: -h.score) for hs in out]
 
-    def forced_attention(self, dataset: ParallelDataset, pairs: list[tuple[int, list[int]]], batch_size: int = 64) -> list[np.ndarray]:
+    def forced_attention(
+        self, dataset: ParallelDataset, pairs: list[tuple[int, list[int]]], batch_size: int = 64
+    ) -> list[np.ndarray]:
         """Cross-attention ``(T + 1, S)`` while the model reads each (source ``i``, target ids)
         pair: the target is forced as a prefix, so row ``t`` is the step that produced token ``t``."""
         out = []

@@ -55,7 +55,10 @@ def evaluate_exported(cfg, decode, e) -> dict:
 
     pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]  # each source with its reference
     attention = exported.forced_attention(dataset, pairs)
-    links = [word_links(tokenizer, dataset.src[i], t, a, e.align_method, e.align_threshold) for (i, t), a in zip(pairs, attention)]
+    links = [
+        word_links(tokenizer, dataset.src[i], t, a, e.align_method, e.align_threshold)
+        for (i, t), a in zip(pairs, attention)
+    ]
     atomic_write_text(out_dir / "alignments.txt", "".join(format_links(x) + "\n" for x in links))
     alignment = {"file": "alignments.txt", "layer": num_layers - 1, "num_layers": num_layers, "method": e.align_method}
     if gold is not None:
@@ -84,11 +87,16 @@ def evaluate_exported(cfg, decode, e) -> dict:
         "model": f"{exported.name} ({cfg.ckpt})",
         "data": f"{src_file} -> {ref_file} ({len(hypotheses)} sentences)",
         "decoding": search,
-        **{name.upper() if name != "chrf" else "chrF": f"{scores[name]['score']:.2f}  ({scores[name]['signature']})" for name in ("bleu", "chrf", "ter")},
+        **{
+            name.upper() if name != "chrf" else "chrF": f"{scores[name]['score']:.2f}  ({scores[name]['signature']})"
+            for name in ("bleu", "chrf", "ter")
+        },
     }
     if gold is not None:
         summary["AER"] = f"{alignment['aer']:.2f}  (last layer, heads averaged, {e.align_method}, gold {gold_file})"
-    write_index(out_dir / "index.html", f"attnmt evaluation: {exported.name}", summary, sources, hypotheses, references, {})
+    write_index(
+        out_dir / "index.html", f"attnmt evaluation: {exported.name}", summary, sources, hypotheses, references, {}
+    )
 
     print(f"\n{exported.name} on {src_file} ({len(hypotheses)} sentences, {search})")
     print(f"  {'metric':7s} {'score':>6s}   signature")

@@ -148,7 +148,9 @@ def transformer_spec(model, tokenizer):
     spec.config.layer_norm_epsilon = model.encoder[0].ln_1.eps  # PyTorch's 1e-5, not CTranslate2's 1e-6
     src_vocab = tokenizer.src_pieces(list(range(tokenizer.src_vocab_size)))  # in model-id order
     tgt_vocab = tokenizer.tgt_pieces(list(range(tokenizer.tgt_vocab_size)))
-    spec.config.unk_token, spec.config.bos_token, spec.config.eos_token = (tgt_vocab[i] for i in (UNK_ID, BOS_ID, EOS_ID))
+    spec.config.unk_token, spec.config.bos_token, spec.config.eos_token = (
+        tgt_vocab[i] for i in (UNK_ID, BOS_ID, EOS_ID)
+    )
     spec.config.decoder_start_token = tgt_vocab[BOS_ID]
     spec.register_source_vocabulary(src_vocab)
     spec.register_target_vocabulary(tgt_vocab)
@@ -178,7 +180,8 @@ def export(ckpt: str | Path, out: str | Path | None = None, quantization: str = 
     model, tokenizer, config, path = load_for_decoding(ckpt)
     if not isinstance(model, Transformer):
         name = config["model"]["_target_"].rsplit(".", 1)[-1]
-        raise CheckpointError(f"{path}: a {name} model; CTranslate2 has no RNN sequence-to-sequence models, only Transformers can be exported")
+        raise CheckpointError(f"{path}: a {name} model; CTranslate2 has no RNN sequence-to-sequence models, "
+                              "only Transformers can be exported")
 
     class AttnmtConverter(Converter):
         def _load(self):

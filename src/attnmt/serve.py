@@ -118,7 +118,10 @@ class TorchBackend:
         from attnmt.translate import DecodeSettings, translate_dataset
 
         dataset = encode_for_eval(self.tokenizer, lines, max_len=self.max_len)
-        hyps = [h[0].tokens for h in translate_dataset(self.model, dataset, DecodeSettings(beam_size=beam_size), progress=False)]
+        hyps = [
+            h[0].tokens
+            for h in translate_dataset(self.model, dataset, DecodeSettings(beam_size=beam_size), progress=False)
+        ]
         out = [{"translation": t} for t in self.tokenizer.decode_tgt(hyps)]
         if attention:
             with torch.inference_mode():
@@ -147,7 +150,8 @@ class ExportBackend:
         self.tokenizer = self.exported.tokenizer
         meta = self.exported.meta
         self.metadata = {
-            "model": meta["model"]["_target_"].rsplit(".", 1)[-1], "backend": "ctranslate2", "checkpoint": meta["source_checkpoint"],
+            "model": meta["model"]["_target_"].rsplit(".", 1)[-1], "backend": "ctranslate2",
+            "checkpoint": meta["source_checkpoint"],
             "export": str(Path(path)), "quantization": meta["quantization"], "languages": meta["languages"],
             "attention": meta["attention"],
         }
@@ -211,7 +215,9 @@ class Batcher:
             while sum(len(i[0]) for i in items) < self.max_sentences:
                 timeout = deadline - loop.time()
                 try:
-                    items.append(self.queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self.queue.get(), timeout))
+                    items.append(
+                        self.queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self.queue.get(), timeout)
+                    )
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
             groups: dict[tuple, list] = {}
@@ -220,7 +226,9 @@ class Batcher:
             for (beam_size, attention), group in groups.items():
                 lines = [line for item in group for line in item[0]]
                 try:
-                    results = await loop.run_in_executor(self.executor, translate_with_blanks, self.backend, lines, beam_size, attention)
+                    results = await loop.run_in_executor(
+                        self.executor, translate_with_blanks, self.backend, lines, beam_size, attention
+                    )
                 except Exception as e:  # a decoding failure answers these requests, the server stays up
                     log.exception("decoding failed")
                     for item in group:
@@ -266,7 +274,9 @@ def parse_request(body: bytes, settings: ServeSettings) -> tuple[list[str], int,
         raise RequestError(400, "a sentence contains a line break: give one sentence per list item")
     beam_size = data.get("beam_size", 5)
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or not 1 <= beam_size <= settings.max_beam:
-        raise RequestError(400, f"\"beam_size\" must be an integer from 1 to {settings.max_beam}, got {json.dumps(beam_size)}")
+        raise RequestError(
+            400, f"\"beam_size\" must be an integer from 1 to {settings.max_beam}, got {json.dumps(beam_size)}"
+        )
     attention = data.get("attention", False)
     if not isinstance(attention, bool):
         raise RequestError(400, f"\"attention\" must be true or false, got {json.dumps(attention)}")

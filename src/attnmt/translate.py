@@ -45,11 +45,15 @@ class DecodeSettings:
 class TranslateSettings:
     """The keys of ``attnmt-translate`` besides :class:`DecodeSettings`."""
 
-    ckpt: str = field(metadata={"help": "a .ckpt file, a training run's output folder, or a folder written by attnmt-export (decoded with CTranslate2)", "metavar": "PATH"})
+    ckpt: str = field(metadata={
+        "help": "a .ckpt file, a training run's output folder, or a folder written by attnmt-export "
+                "(decoded with CTranslate2)",
+        "metavar": "PATH"})
     input: str = field(default="-", metadata={"help": "a file of source sentences, or - for stdin", "metavar": "FILE"})
     scores: bool = field(default=False, metadata={"help": "also print each hypothesis' score", "metavar": "BOOL"})
     alignments: bool = field(default=False, metadata={
-        "help": "also print word alignments (Pharaoh, from the last layer's cross-attention averaged over heads; the same layer from a CTranslate2 export)",
+        "help": "also print word alignments (Pharaoh, from the last layer's cross-attention averaged over heads; "
+                "the same layer from a CTranslate2 export)",
         "metavar": "BOOL"})
 
 
@@ -148,7 +152,9 @@ def translate_lines(args: TranslateSettings, settings: DecodeSettings, lines: li
         from attnmt.ct2 import word_links
 
         dataset = encode_for_eval(tokenizer, [lines[i] for i in kept], max_len=max_len)
-        found, attn = exported.translate_dataset(dataset, settings, args.alignments, rescore=args.scores or settings.n_best > 1)
+        found, attn = exported.translate_dataset(
+            dataset, settings, args.alignments, rescore=args.scores or settings.n_best > 1
+        )
         for k, i in enumerate(kept):
             nbest[i] = found[k]
             if args.alignments:
