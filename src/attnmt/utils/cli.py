@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from typing import Any, NoReturn
 
@@ -62,9 +63,12 @@ def describe(ann: Any) -> str:
     marks: list[Any] = []
     if get_origin(ann) is Annotated:
         ann, *marks = get_args(ann)
-    optional = get_origin(ann) is Union and type(None) in get_args(ann)
+    optional = get_origin(ann) in (Union, types.UnionType) and type(None) in get_args(ann)
     if optional:
         ann = next(a for a in get_args(ann) if a is not type(None))
+        if get_origin(ann) is Annotated:
+            ann, *inner = get_args(ann)
+            marks += inner
     if get_origin(ann) is Literal:
         text = " or ".join(str(c) for c in get_args(ann))
     else:
