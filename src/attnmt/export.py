@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,22 +231,13 @@ def _umask() -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from attnmt.errors import exit_on_user_error
+    from attnmt.utils.cli import run_command
 
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE, end="")
-        return
-
-    @exit_on_user_error
-    def run() -> None:
-        from attnmt.utils.cli import parse_key_values
-
-        (args,) = parse_key_values(argv, (ExportSettings,), "attnmt-export", "attnmt-export ckpt=RUN_OR_CKPT")
+    def run(args: ExportSettings) -> None:
         out = export(args.ckpt, args.out, args.quantization)
         print(f"wrote a CTranslate2 model ({args.quantization}) to {out}")
 
-    run()
+    run_command(argv, USAGE, (ExportSettings,), "attnmt-export", "attnmt-export ckpt=RUN_OR_CKPT", run)
 
 
 if __name__ == "__main__":

@@ -347,18 +347,9 @@ def create_app(backend, settings: ServeSettings):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from attnmt.errors import exit_on_user_error
+    from attnmt.utils.cli import run_command
 
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE, end="")
-        return
-
-    @exit_on_user_error
-    def run() -> None:
-        from attnmt.utils.cli import parse_key_values
-
-        (args,) = parse_key_values(argv, (ServeSettings,), "attnmt-serve", "attnmt-serve ckpt=RUN_OR_DIR")
+    def run(args: ServeSettings) -> None:
         try:
             import starlette  # noqa: F401
             import uvicorn
@@ -369,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"attnmt-serve: {backend.metadata['model']} on http://{args.host}:{args.port}/", file=sys.stderr)
         uvicorn.run(create_app(backend, args), host=args.host, port=args.port, log_level="warning")
 
-    run()
+    run_command(argv, USAGE, (ServeSettings,), "attnmt-serve", "attnmt-serve ckpt=RUN_OR_DIR", run)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from attnmt.errors import ConfigError
@@ -102,3 +103,18 @@ def keys_help(schemas: tuple[type, ...]) -> str:
             lines += textwrap.wrap(text, width=100, initial_indent=f"{head:<21s}", subsequent_indent=" " * 21,
                                break_on_hyphens=False)
     return "\n".join(lines) + "\n"
+
+
+def run_command(argv: list[str] | None, usage: str, schemas: tuple[type, ...], command: str, required_usage: str,
+                run: Callable[..., None]) -> None:
+    """A console command: ``--help`` prints ``usage``; otherwise the ``key=value`` arguments become one
+    settings object per schema, passed to ``run``; a user error is one line on stderr and exit 2."""
+    import sys
+
+    from attnmt.errors import exit_on_user_error
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(usage, end="")
+        return
+    exit_on_user_error(lambda: run(*parse_key_values(argv, schemas, command, required_usage)))()
