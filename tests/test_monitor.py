@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import pytest
 from attnmt.monitor import read_records, row_entropy
 from attnmt.training import train
 
-from conftest import compose_config, tiny_overrides
+from conftest import ROOT, compose_config, tiny_overrides
 from test_typed_input import entry_point, one_line_error
 
 VALIDATIONS = [200, 400]  # trained_runs: trainer.val_check_interval=200, max_steps=400
@@ -181,16 +182,21 @@ def test_every_logger_config_instantiates_lightnings_class_writing_under_the_run
             assert Path(logger.log_dir) == tmp_path / "run" / key
 
 
-def short_run(tiny_data_dir, out: Path, logger: str, steps: int = 40) -> Path:
-    cfg = compose_config(
-        "train",
-        tiny_overrides(tiny_data_dir) + [f"logger={logger}", f"trainer.max_steps={steps}", "trainer.max_epochs=100",
-                                         f"trainer.val_check_interval={steps // 2}",
-                                         "trainer.check_val_every_n_epoch=null", "trainer.log_every_n_steps=10",
-                                         "callbacks.attention_monitor.num_sentences=2"],
-        out,
-    )
-    train(cfg)
+def short_run(tiny_data_dir, out: Path, logger: str, steps: int = 40, command: bool = False) -> Path:
+    """A short run with two validations. ``command``: as ``python train.py`` in a process of its own,
+    for loggers that leave threads behind (wandb's service threads), which would make every later
+    fork of the test process (a DataLoader worker) unsafe."""
+    overrides = tiny_overrides(tiny_data_dir) + [
+        f"logger={logger}", f"trainer.max_steps={steps}", "trainer.max_epochs=100",
+        f"trainer.val_check_interval={steps // 2}", "trainer.check_val_every_n_epoch=null",
+        "trainer.log_every_n_steps=10", "callbacks.attention_monitor.num_sentences=2",
+    ]
+    if command:
+        done = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={out}"],
+                              cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+    else:
+        train(compose_config("train", overrides, out))
     return out
 
 
@@ -224,7 +230,7 @@ def test_tensorboard_events_hold_the_scalars_and_the_pictures_of_every_validatio
 def test_wandb_offline_run_holds_the_pictures(tiny_data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    run_dir = short_run(tiny_data_dir, tmp_path / "run", "wandb", steps=20)
+    run_dir = short_run(tiny_data_dir, tmp_path / "run", "wandb", steps=20, command=True)
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     pictures = list((offline[0] / "files" / "media" / "images").rglob("*.png"))
@@ -239,8 +245,12 @@ def test_mlflow_local_run_holds_the_pictures(tiny_data_dir, tmp_path):
     from mlflow.tracking import MlflowClient
 
     run_dir = short_run(tiny_data_dir, tmp_path / "run", "mlflow", steps=20)
-    pictures = list((run_dir / "mlartifacts").glob("*/artifacts/attention/step_0000020/*.png"))
-    assert len(pictures) == 2  # two sentences, one validation
+    for step in (10, 20):  # two validations, two sentences each
+        pictures = list((run_dir / "mlartifacts").glob(f"*/artifacts/attention/step_{step:07d}/*.png"))
+        assert len(pictures) == 2, step
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("attnmt").experiment_id])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "attention/entropy")] == [20]
+    # The monitor's scalars sit at the steps of the validation metrics they go with.
+    entropy_steps = [m.step for m in client.get_metric_history(run.info.run_id, "attention/entropy")]
+    bleu_steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/bleu")]
+    assert len(entropy_steps) == 2 and entropy_steps == bleu_steps
