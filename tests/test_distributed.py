@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import importlib.util
 import subprocess
 import sys
 
@@ -15,20 +17,33 @@ from conftest import ROOT, compose_config, tiny_overrides
 
 @pytest.mark.slow
 def test_two_process_ddp_run_matches_single_process_evaluation(tiny_data_dir, tmp_path):
+    """With guided alignment on when eflomal is installed: both ranks need its links."""
+    guided = importlib.util.find_spec("eflomal") is not None
     run = tmp_path / "run"
     cmd = [
         sys.executable, str(ROOT / "train.py"), "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
         *tiny_overrides(tiny_data_dir), "trainer.max_steps=300", "trainer.max_epochs=100",
         "trainer.val_check_interval=150", "trainer.check_val_every_n_epoch=null", f"hydra.run.dir={run}",
+        *(["task.guided_alignment.weight=0.05"] if guided else []),
     ]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stdout + done.stderr
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log  # really two processes
     # The first process prepares the training data (or finds it cached); the other only reads it.
-    assert log.count("Prepared ") <= 1
+    # (eflomal's own "Prepared N sentences for alignment" is not the data pipeline's.)
+    prepared = [line for line in log.splitlines() if "Prepared " in line and "for alignment" not in line]
+    assert len(prepared) <= 1, prepared
     rank1 = (run / "train_ddp_process_1.log").read_text()
     assert "Reusing token store" in rank1 and "Prepared " not in rank1
+    if guided:  # one rank aligns the training corpus, the other reads the cached links; both train on them
+        logs = (run / "train.log").read_text() + rank1  # each rank's own log file
+        aligned, read = logs.count("with eflomal (both directions"), logs.count("sentence pairs read from")
+        assert aligned <= 1 and aligned + read == 2, (aligned, read)  # none when an earlier run cached them
+        assert logs.count("Guided alignment: eflomal links for 6000 training pairs") == 2
+        with open(run / "csv" / "metrics.csv", newline="") as f:
+            align = [float(r["train/align_loss"]) for r in csv.DictReader(f) if r.get("train/align_loss")]
+        assert len(align) > 5 and sum(align[-3:]) < sum(align[:3])
 
     # One output folder (nothing stray in the working directory), one set of checkpoints.
     assert [p.name for p in tmp_path.iterdir()] == ["run"]

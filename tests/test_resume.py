@@ -223,6 +223,34 @@ def test_same_seed_gives_the_same_metrics_and_another_seed_does_not(small_corpus
     assert sorted(other) == sorted(reference) and sum(other[s] != reference[s] for s in reference) > 0.9 * steps
 
 
+@pytest.mark.slow
+def test_killed_guided_run_resumes_with_the_same_translation_and_alignment_losses(small_corpus, tmp_path):
+    pytest.importorskip("eflomal", reason="eflomal is not installed (pip install attnmt[align])")
+    steps, kill_at = 60, 30
+    guided = ["task.guided_alignment.weight=0.5", f"trainer.max_steps={steps}"]
+    reference = tmp_path / "reference"
+    done = run(train_cmd(small_corpus, reference, *guided), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    killed = train_cmd(small_corpus, run_dir, *guided, "+callbacks.kill._target_=killer.KillAt",
+                       f"+callbacks.kill.step={kill_at}")
+    env = with_killer(tmp_path)
+    status = subprocess.run(killed, cwd=tmp_path, env=env, capture_output=True, timeout=600).returncode
+    assert status == -signal.SIGKILL
+    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}", "callbacks.kill.step=-1"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    step_at_kill = int(re.search(r"\(step (\d+), epoch", resumed.stdout)[1])
+    assert 0 < step_at_kill <= kill_at
+    # eflomal's links come from the cache the first run wrote, for the resumed run as for the killed one.
+    assert "eflomal links for 600 sentence pairs read from" in resumed.stdout + resumed.stderr
+    for key in ("train/loss", "train/align_loss"):
+        want, got = logged(reference, key), logged(run_dir, key)
+        assert sorted(got) == list(range(steps)), key
+        for s in range(step_at_kill, steps):
+            assert got[s] == pytest.approx(want[s], rel=1e-5, abs=1e-6), f"{key}, step {s}"
+
+
 def test_versions_and_commit_saved_with_the_run_and_in_the_checkpoint(uninterrupted):
     start = yaml.safe_load((uninterrupted / "run_info.yaml").read_text())[0]
     assert start["argv"][0].endswith("train.py") and start["resumed_from"] is None
