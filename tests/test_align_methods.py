@@ -87,3 +87,45 @@ def test_evaluate_with_shift_best_layer_and_eflomal_baseline(trained_runs, tmp_p
     printed = capsys.readouterr().out
     assert f"eflomal {saved['aer_baseline']:6.2f}" in printed and "(best on valid)" in printed
     assert "AER eflomal" in (out / "index.html").read_text()
+
+
+def test_alignment_heads_default_to_the_guided_ones_and_are_checked():
+    from attnmt.errors import ConfigError
+    from attnmt.evaluation import alignment_heads
+
+    plain = {"task": {"guided_alignment": {"weight": 0.0, "heads": 1}}}
+    guided = {"task": {"guided_alignment": {"weight": 0.5, "heads": 2}}}
+    assert alignment_heads(None, plain, 4) == (None, "heads averaged")
+    assert alignment_heads(None, guided, 4) == (2, "heads 1-2 averaged of 4 (the guided ones)")
+    assert alignment_heads(1, guided, 4) == (1, "head 1 of 4")
+    assert alignment_heads(4, plain, 4) == (None, "heads averaged")
+    assert alignment_heads(None, guided | {"task": {}}, 1) == (None, "its single head")
+    with pytest.raises(ConfigError, match=r"^eval.heads=5: the model's cross-attention has 4 heads \(1..4\)$"):
+        alignment_heads(5, plain, 4)
+
+
+def test_attention_links_average_only_the_heads_asked_for(monkeypatch):
+    import torch
+
+    import attnmt.alignment as alignment
+
+    # Head 0 points every target word at source word 0, head 1 at source word 1 (stronger).
+    cross = torch.zeros(1, 1, 2, 3, 3)  # (B, L, H, T + 1, S): two target words, "▁x ▁y </s>"
+    cross[0, 0, 0, :, 0] = 0.6
+    cross[0, 0, 0, :, 2] = 0.4
+    cross[0, 0, 1, :, 1] = 1.0
+    monkeypatch.setattr(alignment, "forced_attention", lambda *a, **k: ({"cross": cross}, None))
+
+    class Tokens:
+        def tgt_pieces(self, ids):
+            return ["▁a", "▁b"]
+
+        def src_pieces(self, ids):
+            return ["▁x", "▁y", "</s>"]
+
+    class Data:
+        src = [[10, 11, 2]]
+
+    links = {heads: alignment.attention_links(None, Tokens(), Data(), [(0, [20, 21])], heads=heads)[0][0]
+             for heads in (1, None)}
+    assert links == {1: {(0, 0), (0, 1)}, None: {(1, 0), (1, 1)}}

@@ -22,8 +22,10 @@ def per_layer_aer(per_layer: list[list[set[Link]]], gold: list[tuple[set[Link], 
 
 def best_layer(
     model: Seq2Seq, tokenizer: Tokenizer, train_cfg: dict, method: str, threshold: float, batch_tokens: int,
+    heads: int | None = None,
 ) -> tuple[int, list[float], str] | None:
-    """The layer whose cross-attention (heads averaged, links by ``method``) has the lowest AER
+    """The layer whose cross-attention (its first ``heads`` heads averaged, all when ``None``;
+    links by ``method``) has the lowest AER
     on the validation split of the data the model was trained on, with every layer's AER and the
     gold file; ``None`` when that split has no gold links."""
     datamodule = build(train_cfg["data"], "data")
@@ -35,7 +37,8 @@ def best_layer(
     gold = read_gold(gold_file)
     dataset = encode_for_eval(tokenizer, sources, references, max_len=train_cfg["data"].get("max_len", 128))
     pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
-    aer = per_layer_aer(attention_links(model, tokenizer, dataset, pairs, batch_tokens, None, method, threshold), gold)
+    links = attention_links(model, tokenizer, dataset, pairs, batch_tokens, None, method, threshold, heads)
+    aer = per_layer_aer(links, gold)
     layer = min(range(len(aer)), key=lambda i: aer[i])  # the first of equals: the lower layer
     log.info("eval.layer=best: layer %d of %d (validation AER per layer: %s, gold %s)",
              layer + 1, len(aer), aer, gold_file)

@@ -171,11 +171,13 @@ def layer_index(layer: int, num_layers: int, key: str = "eval.layer") -> int:
 def attention_links(
     model: Seq2Seq, tokenizer: Tokenizer, dataset: ParallelDataset, pairs: list[tuple[int, list[int]]],
     batch_tokens: int = 8000, layers: list[int] | None = None, method: str = "argmax", threshold: float = 0.5,
+    heads: int | None = None,
 ) -> list[list[set[Link]]]:
     """Word alignments of (source ``dataset.src[i]``, target ids) pairs from the model's
     cross-attention while it reads the target (rows chosen by ``method``, see
     :func:`sentence_links`): per layer in ``layers`` (all when ``None``), one
-    link set per pair. Heads are averaged; subwords are merged to words first."""
+    link set per pair. The first ``heads`` heads (all when ``None``) are averaged; subwords are
+    merged to words first."""
     lengths = [max(len(dataset.src[i]), len(t) + 1) for i, t in pairs]
     sampler = TokenBucketBatchSampler(lengths, batch_tokens, shuffle=False)
     out: list[list[set[Link]]] | None = None
@@ -184,7 +186,7 @@ def attention_links(
             src = pad([dataset.src[pairs[k][0]] for k in batch])
             targets = [pairs[k][1] for k in batch]
             attn, _ = forced_attention(model, src, src != PAD_ID, targets)
-            cross = attn["cross"].float().mean(2).numpy()  # (B, L, T, S), averaged over heads
+            cross = attn["cross"][:, :, :heads].float().mean(2).numpy()  # (B, L, T, S), averaged over heads
             L = cross.shape[1]
             chosen = list(range(L)) if layers is None else [layer_index(x, L) for x in layers]
             if out is None:

@@ -61,6 +61,7 @@ class EvalSettings:
     possible_alignments: str | None = None
     align_method: Literal["argmax", "threshold", "shift"] = "argmax"
     align_threshold: Annotated[float, Gt(0), Le(1)] = 0.5
+    heads: Annotated[int, Ge(1)] | None = None
     baseline: Literal["eflomal"] | None = None
 
     def heatmaps(self, layer: int) -> HeatmapSettings:
@@ -68,6 +69,21 @@ class EvalSettings:
             num_plots=self.num_plots, attention=self.attention, layer=layer, grid=self.plot_grid,
             level=self.level, formats=tuple(self.formats), target=self.plot_target,
         )
+
+
+def alignment_heads(asked: int | None, train_cfg: dict, num_heads: int) -> tuple[int | None, str]:
+    """How many of the first heads the alignments average (``None``: all) and how to say it.
+    ``eval.heads=null`` means the heads a guided model was trained to align
+    (``task.guided_alignment.heads``), else all of them."""
+    guided = (train_cfg.get("task") or {}).get("guided_alignment") or {}
+    supervised = guided.get("heads", 1) if guided.get("weight", 0) > 0 else None
+    heads = asked if asked is not None else supervised
+    if heads is not None and heads > num_heads:
+        raise ConfigError(f"eval.heads={heads}: the model's cross-attention has {num_heads} heads (1..{num_heads})")
+    if heads is None or heads == num_heads:
+        return None, "heads averaged" if num_heads > 1 else "its single head"
+    label = "head 1" if heads == 1 else f"heads 1-{heads} averaged"
+    return heads, f"{label} of {num_heads}{' (the guided ones)' if asked is None else ''}"
 
 
 def split_files(
@@ -123,8 +139,9 @@ def evaluate(cfg: DictConfig) -> dict:
     if e.layer != "best":
         layer_index(e.layer, probe[e.attention].size(1))
         layer_index(e.layer, probe["cross"].size(1))
+    heads, heads_label = alignment_heads(e.heads, train_cfg, probe["cross"].size(2))
     chosen = (
-        best_layer(model, tokenizer, train_cfg, e.align_method, e.align_threshold, decode.batch_tokens)
+        best_layer(model, tokenizer, train_cfg, e.align_method, e.align_threshold, decode.batch_tokens, heads)
         if e.layer == "best" else None
     )
     if e.baseline == "eflomal":
@@ -138,11 +155,12 @@ def evaluate(cfg: DictConfig) -> dict:
     # Word alignments of each source with its reference, read by the model (teacher-forced).
     pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
     per_layer = attention_links(
-        model, tokenizer, dataset, pairs, decode.batch_tokens, None, e.align_method, e.align_threshold
+        model, tokenizer, dataset, pairs, decode.batch_tokens, None, e.align_method, e.align_threshold, heads
     )
     layer = chosen[0] if chosen else layer_index(-1 if e.layer == "best" else e.layer, len(per_layer))
     atomic_write_text(out_dir / "alignments.txt", "".join(format_links(x) + "\n" for x in per_layer[layer]))
-    alignment = {"file": "alignments.txt", "layer": layer, "num_layers": len(per_layer), "method": e.align_method}
+    alignment = {"file": "alignments.txt", "layer": layer, "num_layers": len(per_layer), "method": e.align_method,
+                 "heads": heads or probe["cross"].size(2)}
     if e.layer == "best":
         alignment["layer_choice"] = (
             {"by": "lowest validation AER", "gold_file": chosen[2], "valid_aer_per_layer": chosen[1]}
@@ -202,7 +220,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if gold is not None:
         summary["AER"] = (
             f"{alignment['aer']:.2f}  (layer {layer + 1} of {len(per_layer)}{' (best on valid)' if chosen else ''}, "
-            f"heads averaged, {e.align_method}, gold {gold_file})"
+            f"{heads_label}, {e.align_method}, gold {gold_file})"
         )
         if "aer_baseline" in alignment:
             summary["AER eflomal"] = (
@@ -220,7 +238,7 @@ def evaluate(cfg: DictConfig) -> dict:
         print(f"  {label:7s} {scores[name]['score']:6.2f}   {scores[name]['signature']}")
     if gold is not None:
         print(f"  {'AER':7s} {alignment['aer']:6.2f}   layer {layer + 1}/{len(per_layer)}"
-              f"{' (best on valid)' if chosen else ''}, heads averaged, {e.align_method}, vs {gold_file}")
+              f"{' (best on valid)' if chosen else ''}, {heads_label}, {e.align_method}, vs {gold_file}")
         if "aer_baseline" in alignment:
             print(f"  {'eflomal':7s} {alignment['aer_baseline']:6.2f}   "
                   "AER of eflomal (both directions, grow-diag-final-and), same gold")
