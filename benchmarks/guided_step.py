@@ -2,6 +2,7 @@
 
     python benchmarks/guided_step.py                         # both models, a few minutes
     python benchmarks/guided_step.py --models rnn --pairs 20
+    python benchmarks/guided_step.py --models transformer --full-context   # Garg's second pass
 
 Same batch, model sizes and optimizer as ``step_ab.py`` (Multi30k's shape, reference sizes). A
 plain step is forward, label-smoothed loss, backward, Adam step; a guided step adds what
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["rnn", "transformer"], choices=["rnn", "transformer"])
     parser.add_argument("--pairs", type=int, default=12, help="timed pairs of steps per model (after 2 warm-up pairs)")
     parser.add_argument("--weight", type=float, default=0.05)
+    parser.add_argument("--full-context", action="store_true",
+                        help="task.guided_alignment.full_context=true (Transformer only)")
     args = parser.parse_args()
 
     import torch
@@ -68,11 +71,13 @@ def main() -> None:
     src, tgt_out = with_eos(src), with_eos(tgt_out)
     tgt_in = torch.cat([torch.full_like(tgt_in[:, :1], 2), tgt_in], dim=1)  # <s> y
     batch = {"src": src, "src_mask": src != 0, "tgt_in": tgt_in, "tgt_out": tgt_out}
-    guided = GuidedAlignment(weight=args.weight)
+    guided = GuidedAlignment(weight=args.weight, full_context=args.full_context)
+    if args.full_context and "rnn" in args.models:
+        parser.error("--full-context is for the Transformer: add --models transformer")
     guided.links = link_table(src, tgt_out)
     V = step_ab.V
     print(f"batch {src.size(0)} sentences, {int((tgt_out != 0).sum())} target tokens; "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads{'; full target context' if args.full_context else ''}")
     for name in args.models:
         torch.manual_seed(0)
         model, factory, loss_fn = step_ab.build("attnmt", name)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from attnmt.alignment import alignment_error_rate, parse_links, read_gold, sentence_links
+from attnmt.alignment import alignment_error_rate, alignment_scores, parse_links, read_gold, sentence_links
 
 # Target "▁a ▁bc d" (words a, bcd), source "▁x ▁y ▁z </s>". Row t reads tgt_in[t] = <s>, ▁a, ▁bc, d.
 SRC = ["▁x", "▁y", "▁z", "</s>"]
@@ -84,8 +84,15 @@ def test_evaluate_with_shift_best_layer_and_eflomal_baseline(trained_runs, tmp_p
     gold = read_gold(saved["alignment"]["gold_file"])
     assert saved["aer_baseline"] == results["aer_baseline"] == round(100 * alignment_error_rate(links, gold), 2)
     assert saved["aer_baseline"] < 30.0  # the embedded corpus is easy for a statistical aligner
+    attention = [parse_links(line)[1] for line in (out / "alignments.txt").read_text().splitlines()]
+    assert alignment["scores"] == alignment_scores(attention, gold) and alignment["scores"]["aer"] == saved["aer"]
+    assert alignment["baseline"]["scores"] == alignment_scores(links, gold)
+    assert sum(b["sentences"] for b in alignment["by_length"]) == saved["num_sentences"]
+    assert sum(b["sentences"] for b in alignment["baseline"]["by_length"]) == saved["num_sentences"]
+    assert alignment["scores"]["recall_bound"] < 100.0  # the corpus links some target words to several words
     printed = capsys.readouterr().out
     assert f"eflomal {saved['aer_baseline']:6.2f}" in printed and "(best on valid)" in printed
+    assert f"precision {alignment['scores']['precision']:.2f}" in printed
     assert "AER eflomal" in (out / "index.html").read_text()
 
 
@@ -102,6 +109,24 @@ def test_alignment_heads_default_to_the_guided_ones_and_are_checked():
     assert alignment_heads(None, guided | {"task": {}}, 1) == (None, "its single head")
     with pytest.raises(ConfigError, match=r"^eval.heads=5: the model's cross-attention has 4 heads \(1..4\)$"):
         alignment_heads(5, plain, 4)
+
+
+def test_full_context_follows_the_guided_training_and_needs_a_transformer():
+    from attnmt.errors import ConfigError
+    from attnmt.evaluation import alignment_full_context
+
+    from conftest import build_tiny_model
+
+    transformer, rnn = build_tiny_model("transformer", vocab_size=30), build_tiny_model("rnn_bahdanau", vocab_size=30)
+    trained = {"task": {"guided_alignment": {"weight": 0.5, "full_context": True}}}
+    off = {"task": {"guided_alignment": {"weight": 0.0, "full_context": True}}}  # not guided: causal
+    assert alignment_full_context(None, trained, transformer) is True
+    assert alignment_full_context(None, off, transformer) is False
+    assert alignment_full_context(False, trained, transformer) is False
+    assert alignment_full_context(True, {}, transformer) is True
+    assert alignment_full_context(None, {}, rnn) is False
+    with pytest.raises(ConfigError, match=r"^eval.full_context=true needs a Transformer: BahdanauRNN"):
+        alignment_full_context(True, {}, rnn)
 
 
 def test_attention_links_average_only_the_heads_asked_for(monkeypatch):

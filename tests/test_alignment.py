@@ -7,6 +7,7 @@ import pytest
 
 from attnmt.alignment import (
     alignment_error_rate,
+    alignment_scores,
     format_links,
     hard_links,
     merge_to_words,
@@ -53,6 +54,30 @@ def test_aer_hand_cases():
     # Corpus-level: counts are summed over sentences, not AERs averaged.
     two = gold + [({(0, 0)}, {(0, 0)})]
     assert alignment_error_rate([{(0, 0), (2, 1), (2, 2)}, {(1, 0)}], two) == pytest.approx(1 - 3 / 7)
+
+
+def test_precision_recall_and_the_one_link_recall_bound_by_hand():
+    # Target word 1 has two sure links (0-1, 2-1), target word 0 one; 3-2 is possible only.
+    gold = [({(0, 0), (0, 1), (2, 1)}, {(0, 0), (0, 1), (2, 1), (3, 2)})]
+    # A = {0-0, 2-1, 3-2, 1-0}: |A&S| = 2, |A&P| = 3 -> precision 3/4, recall 2/3, AER 1 - 5/7.
+    scores = alignment_scores([{(0, 0), (2, 1), (3, 2), (1, 0)}], gold)
+    assert scores == {"precision": 75.0, "recall": 66.67, "aer": round(100 * (1 - 5 / 7), 2),
+                      # two of three sure links can be reached with one link per target word
+                      "recall_bound": 66.67}
+    assert alignment_scores([set()], gold)["precision"] == 0.0
+
+
+def test_aer_by_source_length_buckets_by_hand():
+    from attnmt.align_report import aer_by_length
+
+    gold = [({(0, 0)}, {(0, 0)}), ({(1, 1)}, {(1, 1)}), ({(0, 0), (1, 1)}, {(0, 0), (1, 1)})]
+    sources = ["a b", "c d e", " ".join("w" for _ in range(12))]
+    links = [{(0, 0)}, {(0, 1)}, {(0, 0)}]  # right; wrong; one of two
+    # 1-9 words: |A&S| = 1 of |A| = 2, |S| = 2 -> AER 1 - 2/4; 10-19: 1 - 2/3.
+    assert aer_by_length(links, gold, sources, edges=(10, 20)) == [
+        {"words": "1-9", "sentences": 2, "aer": 50.0},
+        {"words": "10-19", "sentences": 1, "aer": round(100 / 3, 2)},
+    ]
 
 
 def test_subword_to_word_merge_by_hand():

@@ -136,3 +136,13 @@ def test_max_len_must_fit_the_token_budget(tiny_data_dir, tmp_path):
     cfg = compose_config("train", tiny_overrides(tiny_data_dir) + ["data.max_tokens=100", "data.max_len=200"], tmp_path)
     with pytest.raises(ConfigError, match="data.max_len=200 does not fit in data.max_tokens=100"):
         build(cfg.data, "data")
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_every_experiment_composes_and_builds(name, tmp_path):
+    cfg = compose_config("train", [f"experiment={name}"], tmp_path)
+    dm = instantiate(cfg.data)
+    model = build_model(cfg.model, 100, 100, joint_vocab=True)
+    assert isinstance(model, Seq2Seq) and instantiate(cfg.trainer, logger=False, callbacks=[]) is not None
+    if name == "encs_alignment":  # the gold-aligned sentences are trained on (text only) and scored
+        assert dm.prefixes["test"] == dm.train_prefixes[1] and dm.train_upsample() == [1, 20]

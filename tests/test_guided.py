@@ -67,18 +67,52 @@ def test_heads_beyond_the_model_are_refused():
         guided.forward(build_tiny_model("rnn_bahdanau", vocab_size=30), _batch())
 
 
+def test_full_context_reads_the_whole_target_and_only_a_transformer_has_it():
+    """Garg et al.'s full target context: with the future mask lifted, row t's cross-attention
+    changes when a later target token does (it stays put in the causal pass); padding is never
+    read; the translation logits of the guided forward stay the causal ones; an RNN refuses."""
+    from attnmt.errors import ConfigError
+
+    from conftest import build_tiny_model
+
+    torch.manual_seed(0)
+    model = build_tiny_model("transformer", vocab_size=30).eval()
+    batch = _batch()
+    enc = model.encode(batch["src"], batch["src_mask"])
+    later = batch["tgt_in"].clone()
+    later[:, -1] = (later[:, -1] + 1 - 4) % 26 + 4  # another real token in the last position
+    rows = slice(0, later.size(1) - 1)
+    for full, moves in ((False, False), (True, True)):
+        a = model.decode(enc, batch["tgt_in"], need_attention=True, full_context=full)[1]["cross"][:, :, :, rows]
+        b = model.decode(enc, later, need_attention=True, full_context=full)[1]["cross"][:, :, :, rows]
+        assert torch.allclose(a, b) != moves
+    padded = torch.cat([batch["tgt_in"], torch.full((2, 3), PAD_ID)], 1)
+    a = model.decode(enc, batch["tgt_in"], need_attention=True, full_context=True)[1]["cross"]
+    b = model.decode(enc, padded, need_attention=True, full_context=True)[1]["cross"][:, :, :, : a.size(3)]
+    assert torch.allclose(a, b, atol=1e-6)
+    guided = GuidedAlignment(weight=0.5, full_context=True)
+    guided.links = {}
+    logits, _ = guided.forward(model, batch)
+    assert torch.allclose(logits, model.decode(enc, batch["tgt_in"])[0], atol=1e-6)
+    with pytest.raises(ConfigError, match="task.guided_alignment.full_context=true needs a Transformer"):
+        guided.forward(build_tiny_model("rnn_bahdanau", vocab_size=30), batch)
+
+
 EVERY_MODEL = [
-    ("rnn_bahdanau", [], -1), ("rnn_luong", ["model.attention.score=dot"], -1),
-    ("rnn_luong", ["model.attention.score=general"], -1), ("rnn_luong", ["model.attention.score=concat"], -1),
-    ("transformer", [], -1), ("transformer", [], 0),
+    ("rnn_bahdanau", [], -1, False), ("rnn_luong", ["model.attention.score=dot"], -1, False),
+    ("rnn_luong", ["model.attention.score=general"], -1, False),
+    ("rnn_luong", ["model.attention.score=concat"], -1, False),
+    ("transformer", [], -1, False), ("transformer", [], 0, False), ("transformer", [], -1, True),
 ]
 
 
-@pytest.mark.parametrize("name, overrides, layer", EVERY_MODEL, ids=[
-    "bahdanau", "luong-dot", "luong-general", "luong-concat", "transformer", "transformer-l0"])
-def test_every_model_learns_to_attend_where_the_links_say(name, overrides, layer):
+@pytest.mark.parametrize("name, overrides, layer, full_context", EVERY_MODEL, ids=[
+    "bahdanau", "luong-dot", "luong-general", "luong-concat", "transformer", "transformer-l0",
+    "transformer-full-context"])
+def test_every_model_learns_to_attend_where_the_links_say(name, overrides, layer, full_context):
     """The alignment term alone, minimised through each model's real decoder, pulls the supervised
-    attention (the last layer or another one, the first head) onto made-up links."""
+    attention (the last layer or another one, the first head; the causal pass or the one with the
+    whole target) onto made-up links."""
     from conftest import build_tiny_model
 
     torch.manual_seed(1)
@@ -88,7 +122,7 @@ def test_every_model_learns_to_attend_where_the_links_say(name, overrides, layer
     body = torch.randint(4, vocab, (batch_size, tgt_len))
     tgt = torch.cat([torch.full((batch_size, 1), BOS_ID), body, torch.full((batch_size, 1), EOS_ID)], 1)
     batch = {"src": src, "src_mask": src != PAD_ID, "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:]}
-    guided = GuidedAlignment(weight=1.0, layer=layer)
+    guided = GuidedAlignment(weight=1.0, layer=layer, full_context=full_context)
     # Target piece t links to source piece (src_len - 2 - t): a reversal no untrained model shows.
     diagonal = np.array([[t, src_len - 2 - t] for t in range(tgt_len)], dtype=np.int32)
     guided.links = {_key(s.tolist()[:-1], b.tolist()): diagonal for s, b in zip(src, body)}
@@ -101,7 +135,7 @@ def test_every_model_learns_to_attend_where_the_links_say(name, overrides, layer
         align_loss.backward()
         optimizer.step()
         losses.append(align_loss.item())
-    print(f"{name} {overrides} layer {layer}: align KL {losses[0]:.3f} -> {losses[-1]:.3f}")
+    print(f"{name} {overrides} layer {layer} full context {full_context}: align KL {losses[0]:.3f} -> {losses[-1]:.3f}")
     assert losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
 
 

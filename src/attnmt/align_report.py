@@ -20,9 +20,29 @@ def per_layer_aer(per_layer: list[list[set[Link]]], gold: list[tuple[set[Link], 
     return [round(100 * alignment_error_rate(links, gold), 2) for links in per_layer]
 
 
+LENGTH_EDGES = (10, 20, 30, 45)  # source words: 1-9, 10-19, 20-29, 30-44, 45 and more
+
+
+def aer_by_length(
+    links: list[set[Link]], gold: list[tuple[set[Link], set[Link]]], sources: list[str],
+    edges: tuple[int, ...] = LENGTH_EDGES,
+) -> list[dict]:
+    """Corpus AER (%) of the sentences in each source-length bucket (whitespace words), for the
+    buckets that hold any: ``{"words": "10-19", "sentences": n, "aer": x}``."""
+    bounds = [0, *edges, None]
+    out = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        idx = [k for k, s in enumerate(sources) if len(s.split()) >= lo and (hi is None or len(s.split()) < hi)]
+        if idx:
+            label = f"{max(lo, 1)}-{hi - 1}" if hi is not None else f"{lo}+"
+            aer = alignment_error_rate([links[k] for k in idx], [gold[k] for k in idx])
+            out.append({"words": label, "sentences": len(idx), "aer": round(100 * aer, 2)})
+    return out
+
+
 def best_layer(
     model: Seq2Seq, tokenizer: Tokenizer, train_cfg: dict, method: str, threshold: float, batch_tokens: int,
-    heads: int | None = None,
+    heads: int | None = None, full_context: bool = False,
 ) -> tuple[int, list[float], str] | None:
     """The layer whose cross-attention (its first ``heads`` heads averaged, all when ``None``;
     links by ``method``) has the lowest AER
@@ -37,7 +57,9 @@ def best_layer(
     gold = read_gold(gold_file)
     dataset = encode_for_eval(tokenizer, sources, references, max_len=train_cfg["data"].get("max_len", 128))
     pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
-    links = attention_links(model, tokenizer, dataset, pairs, batch_tokens, None, method, threshold, heads)
+    links = attention_links(
+        model, tokenizer, dataset, pairs, batch_tokens, None, method, threshold, heads, full_context
+    )
     aer = per_layer_aer(links, gold)
     layer = min(range(len(aer)), key=lambda i: aer[i])  # the first of equals: the lower layer
     log.info("eval.layer=best: layer %d of %d (validation AER per layer: %s, gold %s)",

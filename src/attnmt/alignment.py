@@ -78,6 +78,27 @@ def alignment_error_rate(hypothesis: list[set[Link]], gold: list[tuple[set[Link]
     return 1.0 - (a_and_s + a_and_p) / (a + s)
 
 
+def alignment_scores(hypothesis: list[set[Link]], gold: list[tuple[set[Link], set[Link]]]) -> dict[str, float]:
+    """Corpus ``precision`` (|A∩P| / |A|), ``recall`` (|A∩S| / |S|) and ``aer`` in %, rounded as
+    results.json reports them (Och & Ney 2003), and ``recall_bound``: the highest recall of one link
+    per target word (argmax, shift), below 100 where gold links a target word to several source words."""
+    if len(hypothesis) != len(gold):
+        raise ValueError(f"{len(hypothesis)} predicted alignments but {len(gold)} gold ones")
+    a_and_s = a_and_p = a = s = one = 0
+    for links, (sure, possible) in zip(hypothesis, gold):
+        a_and_s += len(links & sure)
+        a_and_p += len(links & (possible | sure))
+        a += len(links)
+        s += len(sure)
+        one += len({j for _, j in sure})
+    return {
+        "precision": round(100 * a_and_p / a, 2) if a else 0.0,
+        "recall": round(100 * a_and_s / s, 2) if s else 0.0,
+        "aer": round(100 * alignment_error_rate(hypothesis, gold), 2),
+        "recall_bound": round(100 * one / s, 2) if s else 0.0,
+    }
+
+
 def word_ids(pieces: list[str]) -> list[int | None]:
     """The word each sentencepiece piece belongs to (``None`` for ``<s>``, ``</s>``, ``<pad>``).
 
@@ -171,13 +192,14 @@ def layer_index(layer: int, num_layers: int, key: str = "eval.layer") -> int:
 def attention_links(
     model: Seq2Seq, tokenizer: Tokenizer, dataset: ParallelDataset, pairs: list[tuple[int, list[int]]],
     batch_tokens: int = 8000, layers: list[int] | None = None, method: str = "argmax", threshold: float = 0.5,
-    heads: int | None = None,
+    heads: int | None = None, full_context: bool = False,
 ) -> list[list[set[Link]]]:
     """Word alignments of (source ``dataset.src[i]``, target ids) pairs from the model's
     cross-attention while it reads the target (rows chosen by ``method``, see
     :func:`sentence_links`): per layer in ``layers`` (all when ``None``), one
     link set per pair. The first ``heads`` heads (all when ``None``) are averaged; subwords are
-    merged to words first."""
+    merged to words first. ``full_context``: the decoder reads the whole target at every position
+    (a Transformer trained so, see :mod:`attnmt.guided`)."""
     lengths = [max(len(dataset.src[i]), len(t) + 1) for i, t in pairs]
     sampler = TokenBucketBatchSampler(lengths, batch_tokens, shuffle=False)
     out: list[list[set[Link]]] | None = None
@@ -185,7 +207,7 @@ def attention_links(
         for batch in sampler:
             src = pad([dataset.src[pairs[k][0]] for k in batch])
             targets = [pairs[k][1] for k in batch]
-            attn, _ = forced_attention(model, src, src != PAD_ID, targets)
+            attn, _ = forced_attention(model, src, src != PAD_ID, targets, full_context)
             cross = attn["cross"][:, :, :heads].float().mean(2).numpy()  # (B, L, T, S), averaged over heads
             L = cross.shape[1]
             chosen = list(range(L)) if layers is None else [layer_index(x, L) for x in layers]

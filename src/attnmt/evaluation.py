@@ -7,15 +7,23 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
 from omegaconf import DictConfig
 
-from attnmt.align_report import best_layer, eflomal_baseline, per_layer_aer
+from attnmt.align_report import aer_by_length, best_layer, eflomal_baseline, per_layer_aer
 from attnmt.aligner import require_eflomal
-from attnmt.alignment import alignment_error_rate, attention_links, format_links, layer_index, read_gold
+from attnmt.alignment import (
+    alignment_error_rate,
+    alignment_scores,
+    attention_links,
+    format_links,
+    layer_index,
+    read_gold,
+)
 from attnmt.checkpoint import load_for_decoding
 from attnmt.data.dataset import ParallelDataset, encode_for_eval
 from attnmt.data.io import read_parallel
@@ -62,6 +70,7 @@ class EvalSettings:
     align_method: Literal["argmax", "threshold", "shift"] = "argmax"
     align_threshold: Annotated[float, Gt(0), Le(1)] = 0.5
     heads: Annotated[int, Ge(1)] | None = None
+    full_context: bool | None = None
     baseline: Literal["eflomal"] | None = None
 
     def heatmaps(self, layer: int) -> HeatmapSettings:
@@ -70,6 +79,12 @@ class EvalSettings:
             level=self.level, formats=tuple(self.formats), target=self.plot_target,
         )
 
+
+
+def precision_recall(scores: dict[str, float]) -> str:
+    """``precision P, recall R (at most B with one link per target word)`` of :func:`alignment_scores`."""
+    return (f"precision {scores['precision']:.2f}, recall {scores['recall']:.2f} "
+            f"(one link per target word reaches at most {scores['recall_bound']:.2f})")
 
 def alignment_heads(asked: int | None, train_cfg: dict, num_heads: int) -> tuple[int | None, str]:
     """How many of the first heads the alignments average (``None``: all) and how to say it.
@@ -84,6 +99,17 @@ def alignment_heads(asked: int | None, train_cfg: dict, num_heads: int) -> tuple
         return None, "heads averaged" if num_heads > 1 else "its single head"
     label = "head 1" if heads == 1 else f"heads 1-{heads} averaged"
     return heads, f"{label} of {num_heads}{' (the guided ones)' if asked is None else ''}"
+
+
+def alignment_full_context(asked: bool | None, train_cfg: dict, model: Seq2Seq) -> bool:
+    """Whether alignments read the target with the future mask lifted: ``eval.full_context``, or
+    (null) as a guided model was trained (``task.guided_alignment.full_context``)."""
+    guided = (train_cfg.get("task") or {}).get("guided_alignment") or {}
+    full = asked if asked is not None else bool(guided.get("weight", 0) > 0 and guided.get("full_context", False))
+    if full and not model.has_full_context:
+        raise ConfigError(f"eval.full_context=true needs a Transformer: {type(model).__name__} reads the target "
+                          "left to right only (set it to null or false)")
+    return full
 
 
 def split_files(
@@ -140,8 +166,12 @@ def evaluate(cfg: DictConfig) -> dict:
         layer_index(e.layer, probe[e.attention].size(1))
         layer_index(e.layer, probe["cross"].size(1))
     heads, heads_label = alignment_heads(e.heads, train_cfg, probe["cross"].size(2))
+    full_context = alignment_full_context(e.full_context, train_cfg, model)
+    if full_context:
+        heads_label += ", full target context"
     chosen = (
-        best_layer(model, tokenizer, train_cfg, e.align_method, e.align_threshold, decode.batch_tokens, heads)
+        best_layer(model, tokenizer, train_cfg, e.align_method, e.align_threshold, decode.batch_tokens, heads,
+                   full_context)
         if e.layer == "best" else None
     )
     if e.baseline == "eflomal":
@@ -155,12 +185,13 @@ def evaluate(cfg: DictConfig) -> dict:
     # Word alignments of each source with its reference, read by the model (teacher-forced).
     pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
     per_layer = attention_links(
-        model, tokenizer, dataset, pairs, decode.batch_tokens, None, e.align_method, e.align_threshold, heads
+        model, tokenizer, dataset, pairs, decode.batch_tokens, None, e.align_method, e.align_threshold, heads,
+        full_context,
     )
     layer = chosen[0] if chosen else layer_index(-1 if e.layer == "best" else e.layer, len(per_layer))
     atomic_write_text(out_dir / "alignments.txt", "".join(format_links(x) + "\n" for x in per_layer[layer]))
     alignment = {"file": "alignments.txt", "layer": layer, "num_layers": len(per_layer), "method": e.align_method,
-                 "heads": heads or probe["cross"].size(2)}
+                 "heads": heads or probe["cross"].size(2), "full_context": full_context}
     if e.layer == "best":
         alignment["layer_choice"] = (
             {"by": "lowest validation AER", "gold_file": chosen[2], "valid_aer_per_layer": chosen[1]}
@@ -171,6 +202,8 @@ def evaluate(cfg: DictConfig) -> dict:
         alignment["gold_file"] = str(gold_file)
         alignment["aer_per_layer"] = per_layer_aer(per_layer, gold)
         alignment["aer"] = alignment["aer_per_layer"][layer]
+        alignment["scores"] = alignment_scores(per_layer[layer], gold)
+        alignment["by_length"] = aer_by_length(per_layer[layer], gold, sources)
         if e.baseline == "eflomal":
             baseline = eflomal_baseline(train_cfg, sources, references)
             atomic_write_text(out_dir / "alignments.eflomal.txt", "".join(format_links(x) + "\n" for x in baseline))
@@ -178,6 +211,8 @@ def evaluate(cfg: DictConfig) -> dict:
                 "aligner": "eflomal", "symmetrisation": "grow-diag-final-and", "file": "alignments.eflomal.txt"
             }
             alignment["aer_baseline"] = round(100 * alignment_error_rate(baseline, gold), 2)
+            alignment["baseline"]["scores"] = alignment_scores(baseline, gold)
+            alignment["baseline"]["by_length"] = aer_by_length(baseline, gold, sources)
     elif e.baseline is not None:
         log.warning("eval.baseline=%s: no gold alignments for %s, so no AER to compare", e.baseline, src_file)
     plots = e.heatmaps(
@@ -220,11 +255,12 @@ def evaluate(cfg: DictConfig) -> dict:
     if gold is not None:
         summary["AER"] = (
             f"{alignment['aer']:.2f}  (layer {layer + 1} of {len(per_layer)}{' (best on valid)' if chosen else ''}, "
-            f"{heads_label}, {e.align_method}, gold {gold_file})"
+            f"{heads_label}, {e.align_method}, gold {gold_file}; {precision_recall(alignment['scores'])})"
         )
         if "aer_baseline" in alignment:
             summary["AER eflomal"] = (
-                f"{alignment['aer_baseline']:.2f}  (both directions, grow-diag-final-and, same gold)"
+                f"{alignment['aer_baseline']:.2f}  (both directions, grow-diag-final-and, same gold; "
+                f"{precision_recall(alignment['baseline']['scores'])})"
             )
         if len(per_layer) > 1:
             summary["AER per layer"] = "  ".join(f"{x:.2f}" for x in alignment["aer_per_layer"])
@@ -239,9 +275,15 @@ def evaluate(cfg: DictConfig) -> dict:
     if gold is not None:
         print(f"  {'AER':7s} {alignment['aer']:6.2f}   layer {layer + 1}/{len(per_layer)}"
               f"{' (best on valid)' if chosen else ''}, {heads_label}, {e.align_method}, vs {gold_file}")
+        print(f"  {'':7s} {'':6s}   {precision_recall(alignment['scores'])}")
         if "aer_baseline" in alignment:
             print(f"  {'eflomal':7s} {alignment['aer_baseline']:6.2f}   "
-                  "AER of eflomal (both directions, grow-diag-final-and), same gold")
+                  "AER of eflomal (both directions, grow-diag-final-and), same gold; "
+                  f"{precision_recall(alignment['baseline']['scores'])}")
+        print("  AER by source length (words): " + ", ".join(
+            f"{b['words']}: {b['aer']:.2f}" + (f" (eflomal {e['aer']:.2f})" if e else "")
+            for b, e in zip(alignment["by_length"], alignment.get("baseline", {}).get("by_length") or repeat(None))
+        ))
         if len(per_layer) > 1:
             print("  AER per layer: "
                   + ", ".join(f"{i + 1}: {x:.2f}" for i, x in enumerate(alignment["aer_per_layer"])))

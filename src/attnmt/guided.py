@@ -70,15 +70,19 @@ def _key(src_ids: list[int], tgt_ids: list[int]) -> bytes:
 
 class GuidedAlignment:
     """``task.guided_alignment``: ``weight`` of the alignment term (0 = off), which decoder
-    ``layer``'s cross-attention is supervised (-1 = last; an RNN has one), and how many of its
-    ``heads`` (the first ones, averaged; an RNN has one)."""
+    ``layer``'s cross-attention is supervised (-1 = last; an RNN has one), how many of its
+    ``heads`` (the first ones, averaged; an RNN has one), and whether that attention is taken from
+    a second decoder pass without the future mask (``full_context``, Transformer only: Garg et al.
+    2019, section 4.3; the translation loss keeps the causal pass)."""
 
-    def __init__(self, weight: NonNegativeFloat = 0.0, layer: int = -1, heads: PositiveInt = 1):
+    def __init__(
+        self, weight: NonNegativeFloat = 0.0, layer: int = -1, heads: PositiveInt = 1, full_context: bool = False,
+    ):
         if weight < 0:
             raise ConfigError(f"task.guided_alignment.weight={weight} must be 0 (off) or more")
         if heads < 1:
             raise ConfigError(f"task.guided_alignment.heads={heads} must be at least 1")
-        self.weight, self.layer, self.heads = weight, layer, heads
+        self.weight, self.layer, self.heads, self.full_context = weight, layer, heads, full_context
         if weight > 0:
             require_eflomal(f"task.guided_alignment.weight={weight}")
         self.links: dict[bytes, np.ndarray] | None = None  # token ids of a pair -> (N, 2) positions
@@ -123,7 +127,14 @@ class GuidedAlignment:
     def forward(self, model: Seq2Seq, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Teacher-forced logits ``(B, T, V)`` and the mean alignment KL over supervised rows."""
         enc = model.encode(batch["src"], batch["src_mask"])
-        logits, attn = model.decode(enc, batch["tgt_in"], need_attention=True)
+        if self.full_context:
+            if not model.has_full_context:
+                raise ConfigError(f"task.guided_alignment.full_context=true needs a Transformer: "
+                                  f"{type(model).__name__} reads the target left to right only (set it to false)")
+            logits, _ = model.decode(enc, batch["tgt_in"])
+            _, attn = model.decode(enc, batch["tgt_in"], need_attention=True, full_context=True)
+        else:
+            logits, attn = model.decode(enc, batch["tgt_in"], need_attention=True)
         cross = attn["cross"]  # (B, L, H, T, S)
         layer = layer_index(self.layer, cross.size(1), "task.guided_alignment.layer")
         if self.heads > cross.size(2):

@@ -184,8 +184,11 @@ def score_hypotheses(model: Seq2Seq, src: Tensor, src_mask: Tensor, hyps: list[l
 
 
 @torch.no_grad()
-def forced_attention(model: Seq2Seq, src: Tensor, src_mask: Tensor, hyps: list[list[int]]) -> tuple[dict, Tensor]:
-    """Attention weights of the model reading ``hyps`` (teacher-forced), as during decoding.
+def forced_attention(
+    model: Seq2Seq, src: Tensor, src_mask: Tensor, hyps: list[list[int]], full_context: bool = False,
+) -> tuple[dict, Tensor]:
+    """Attention weights of the model reading ``hyps`` (teacher-forced), as during decoding, or,
+    with ``full_context``, with every position reading the whole target (alignment only).
 
     Returns the attention dict (``cross`` ``(B, L, H, T, S)``, plus ``encoder_self`` /
     ``decoder_self`` where the model has them) and the target ids ``(B, T)`` that were read
@@ -193,7 +196,7 @@ def forced_attention(model: Seq2Seq, src: Tensor, src_mask: Tensor, hyps: list[l
     """
     tgt_in = pad([[BOS_ID] + h for h in hyps]).to(src.device)
     enc = model.encode(src, src_mask, need_attention=True)
-    _, attn = model.decode(enc, tgt_in, need_attention=True)
+    _, attn = model.decode(enc, tgt_in, need_attention=True, **({"full_context": True} if full_context else {}))
     if "encoder_self" in enc:
         attn["encoder_self"] = enc["encoder_self"]
     return attn, tgt_in

@@ -21,6 +21,8 @@ State = dict[str, Tensor]
 class Seq2Seq(nn.Module, ABC):
     src_vocab_size: int
     tgt_vocab_size: int
+    # decode(..., full_context=True) reads the whole target at every position (for alignment only)
+    has_full_context: bool = False
 
     @abstractmethod
     def encode(self, src: Tensor, src_mask: Tensor, need_attention: bool = False) -> State:

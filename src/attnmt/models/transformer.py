@@ -131,6 +131,8 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(Seq2Seq):
+    has_full_context = True
+
     def __init__(
         self,
         src_vocab_size: int,
@@ -197,14 +199,20 @@ class Transformer(Seq2Seq):
     def cross_kv(self, enc: State) -> list[tuple[Tensor, Tensor]]:
         return [layer.cross_attn.project_kv(enc["memory"]) for layer in self.decoder]
 
-    def decode(self, enc: State, tgt_in: Tensor, need_attention: bool = False):
+    def decode(self, enc: State, tgt_in: Tensor, need_attention: bool = False, full_context: bool = False):
+        """Teacher-forced decoding. ``full_context=True`` (Garg et al. 2019, section 4.3) lifts the
+        future mask: every position reads the whole target (its padding excepted). That pass
+        serves alignment only (guided training, evaluation); its logits are not a translation."""
         T = tgt_in.size(1)
         x = self.embed(self.tgt_embed, tgt_in)  # (B, T, D)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
+        if full_context:
+            self_mask = (tgt_in != 0)[:, None, None, :]  # (B, 1, 1, T): all but padding
+        else:
+            self_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
         cross_mask = enc["src_mask"][:, None, None, :]  # (B, 1, 1, S)
         w_self, w_cross = [], []
         for layer, kv in zip(self.decoder, self.cross_kv(enc)):
-            x, _, ws, wc = layer(x, causal, kv, cross_mask, need_weights=need_attention)
+            x, _, ws, wc = layer(x, self_mask, kv, cross_mask, need_weights=need_attention)
             w_self.append(ws)
             w_cross.append(wc)
         logits = self.generator(self.ln_dec(x))  # (B, T, V)
