@@ -30,9 +30,10 @@ def aer_by_length(
     """Corpus AER (%) of the sentences in each source-length bucket (whitespace words), for the
     buckets that hold any: ``{"words": "10-19", "sentences": n, "aer": x}``."""
     bounds = [0, *edges, None]
+    lengths = [len(s.split()) for s in sources]
     out = []
     for lo, hi in zip(bounds, bounds[1:]):
-        idx = [k for k, s in enumerate(sources) if len(s.split()) >= lo and (hi is None or len(s.split()) < hi)]
+        idx = [k for k, n in enumerate(lengths) if n >= lo and (hi is None or n < hi)]
         if idx:
             label = f"{max(lo, 1)}-{hi - 1}" if hi is not None else f"{lo}+"
             aer = alignment_error_rate([links[k] for k in idx], [gold[k] for k in idx])

@@ -80,11 +80,11 @@ class EvalSettings:
         )
 
 
-
 def precision_recall(scores: dict[str, float]) -> str:
     """``precision P, recall R (at most B with one link per target word)`` of :func:`alignment_scores`."""
     return (f"precision {scores['precision']:.2f}, recall {scores['recall']:.2f} "
             f"(one link per target word reaches at most {scores['recall_bound']:.2f})")
+
 
 def alignment_heads(asked: int | None, train_cfg: dict, num_heads: int) -> tuple[int | None, str]:
     """How many of the first heads the alignments average (``None``: all) and how to say it.
