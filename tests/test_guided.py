@@ -94,8 +94,14 @@ def test_full_context_reads_the_whole_target_and_only_a_transformer_has_it():
     guided.links = {}
     logits, _ = guided.forward(model, batch)
     assert torch.allclose(logits, model.decode(enc, batch["tgt_in"])[0], atol=1e-6)
-    with pytest.raises(ConfigError, match="task.guided_alignment.full_context=true needs a Transformer"):
-        guided.forward(build_tiny_model("rnn_bahdanau", vocab_size=30), batch)
+    from attnmt.task import TranslationTask
+
+    rnn = build_tiny_model("rnn_bahdanau", vocab_size=30)
+    refusals = (lambda: TranslationTask(rnn, torch.optim.Adam, guided_alignment=guided),  # when the run is built
+                lambda: guided.forward(rnn, batch))
+    for refused in refusals:
+        with pytest.raises(ConfigError, match="task.guided_alignment.full_context=true needs a Transformer"):
+            refused()
 
 
 EVERY_MODEL = [

@@ -124,13 +124,17 @@ class GuidedAlignment:
         target /= target.sum(-1, keepdim=True).clamp_min(1.0)  # rows sum to 1 or stay 0
         return target.to(src.device)
 
+    def check(self, model: Seq2Seq) -> None:
+        """A one-line error, before any aligning or training, for settings ``model`` cannot take."""
+        if self.full_context and not model.has_full_context:
+            raise ConfigError(f"task.guided_alignment.full_context=true needs a Transformer: "
+                              f"{type(model).__name__} reads the target left to right only (set it to false)")
+
     def forward(self, model: Seq2Seq, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Teacher-forced logits ``(B, T, V)`` and the mean alignment KL over supervised rows."""
         enc = model.encode(batch["src"], batch["src_mask"])
         if self.full_context:
-            if not model.has_full_context:
-                raise ConfigError(f"task.guided_alignment.full_context=true needs a Transformer: "
-                                  f"{type(model).__name__} reads the target left to right only (set it to false)")
+            self.check(model)
             logits, _ = model.decode(enc, batch["tgt_in"])
             _, attn = model.decode(enc, batch["tgt_in"], need_attention=True, full_context=True)
         else:

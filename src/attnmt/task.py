@@ -61,6 +61,8 @@ class TranslationTask(pl.LightningModule):
         self.max_len_ratio = max_len_ratio
         self.guard = NonFiniteGuard(nonfinite)
         self.guided = guided_alignment if guided_alignment is not None and guided_alignment.active else None
+        if self.guided is not None:
+            self.guided.check(model)
         self._rng_to_restore: dict | None = None
         self._grad_norm: Tensor | None = None  # this update's gradient norm, for clipping
         self._val_outputs: list[tuple[list[int], list[list[int]]]] = []

@@ -206,7 +206,7 @@ class Transformer(Seq2Seq):
         T = tgt_in.size(1)
         x = self.embed(self.tgt_embed, tgt_in)  # (B, T, D)
         if full_context:
-            self_mask = (tgt_in != 0)[:, None, None, :]  # (B, 1, 1, T): all but padding
+            self_mask = (tgt_in != 0)[:, None, None, :]  # (B, 1, 1, T): all but padding (id 0)
         else:
             self_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
         cross_mask = enc["src_mask"][:, None, None, :]  # (B, 1, 1, S)
