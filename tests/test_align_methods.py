@@ -37,6 +37,33 @@ def test_source_end_of_sentence_is_never_a_link_target():
     assert all(i < 3 for i, _ in sentence_links(WEIGHTS, TGT, SRC, "threshold", 0.05))
 
 
+# "will see" -> one fused target word "▁vid ta": its stem follows "see", its ending "will".
+FUSED_SRC = ["▁will", "▁s", "ee", "</s>"]  # words will, see
+FUSED_TGT = ["▁vid", "ta"]  # one word
+FUSED = np.array([
+    # will  ▁s   ee   </s>
+    [0.10, 0.50, 0.30, 0.10],  # emits ▁vid
+    [0.60, 0.10, 0.10, 0.20],  # emits ta
+    [0.20, 0.30, 0.40, 0.10],  # emits </s>
+])
+
+
+def test_any_word_links_let_a_fused_words_pieces_link_different_words():
+    # merged: the word's rows averaged (will .35, see .5) -> one link, to "see".
+    assert sentence_links(FUSED, FUSED_TGT, FUSED_SRC, "argmax", word_links="merged") == {(1, 0)}
+    # any: ▁vid -> ▁s (see), ta -> will: the word links both.
+    assert sentence_links(FUSED, FUSED_TGT, FUSED_SRC, "argmax", word_links="any") == {(1, 0), (0, 0)}
+    # Thresholds compare piece weights under "any" (▁s .5, will .6) and word weights under "merged".
+    assert sentence_links(FUSED, FUSED_TGT, FUSED_SRC, "threshold", 0.45, word_links="any") == {(1, 0), (0, 0)}
+    assert sentence_links(FUSED, FUSED_TGT, FUSED_SRC, "threshold", 0.45, word_links="merged") == {(1, 0)}
+    # shift under "any": ▁vid reads row 1 (will), ta row 2 (ee: see); </s> columns never chosen.
+    assert sentence_links(FUSED, FUSED_TGT, FUSED_SRC, "shift", word_links="any") == {(0, 0), (1, 0)}
+    heavy_eos = np.array([[0.2, 0.05, 0.05, 0.7], [0.3, 0.0, 0.0, 0.7], [0, 0, 0, 1.0]])
+    assert sentence_links(heavy_eos, FUSED_TGT, FUSED_SRC, "argmax", word_links="any") == {(0, 0)}
+    with pytest.raises(ValueError, match="merged, any"):
+        sentence_links(FUSED, FUSED_TGT, FUSED_SRC, "argmax", word_links="pieces")
+
+
 def test_best_layer_is_the_one_with_the_lowest_validation_aer(tiny_datamodule, monkeypatch):
     import attnmt.align_report as report
 
@@ -51,6 +78,40 @@ def test_best_layer_is_the_one_with_the_lowest_validation_aer(tiny_datamodule, m
         assert layer == expected
         assert aer[expected] == min(aer) and aer.index(min(aer)) == expected
         assert gold_file.endswith("valid.align")
+
+
+def test_eflomal_baseline_aligns_a_pair_once_on_pieces_or_words(tiny_datamodule, monkeypatch):
+    """Evaluated pairs join the training text for eflomal, except those already in it (a repeated
+    pair skews its statistics); on pieces, links become word links where any pieces link."""
+    import attnmt.align_report as report
+    import attnmt.aligner as aligner
+    from attnmt.data.io import iter_parallel
+
+    tok = tiny_datamodule.tokenizer
+    train = [p for files in tiny_datamodule.train_files() for p in iter_parallel(*files)]
+    sources, references = [train[3][0], "a dog sees a cat"], [train[3][1], "na zemevon ka sailos gouvus"]
+    train_cfg = {"data": _data_node(tiny_datamodule)}
+    calls = {}
+
+    def fake_words(src, tgt, cache_dir):
+        calls["words"] = (src, tgt)
+        return [{(k, 0)} for k in range(len(src))]  # line k links source word k: which line was used
+
+    def fake_pieces(src, tgt, cache_dir):
+        calls["pieces"] = (src, tgt)
+        return [{(2, 0), (3, 0), (3, 4)} for _ in src]
+
+    monkeypatch.setattr(aligner, "eflomal_links", fake_words)
+    monkeypatch.setattr(aligner, "piece_links", fake_pieces)
+    links = report.eflomal_baseline(train_cfg, sources, references, tok, units="words")
+    assert calls["words"] == ([s for s, _ in train] + sources[1:], [t for _, t in train] + references[1:])
+    assert links == [{(3, 0)}, {(len(train), 0)}]  # the training pair's own line; the new one appended
+
+    links = report.eflomal_baseline(train_cfg, sources, references, tok, units="subwords")
+    src_pieces, tgt_pieces = calls["pieces"]
+    assert len(src_pieces) == len(train) + 1 and src_pieces[-1] == tok.src_pieces(tok.encode_src(sources[1:])[0])
+    assert src_pieces[-1][2:4] == ["▁se", "es"] and tgt_pieces[-1][4] == "▁g"  # sees; gouvus
+    assert links[1] == {(2, 0), (2, 4)}  # both pieces of "sees" -> na; "es" -> gouvus
 
 
 def _data_node(dm) -> dict:
@@ -75,7 +136,8 @@ def test_evaluate_with_shift_best_layer_and_eflomal_baseline(trained_runs, tmp_p
     results = evaluate(compose_config("evaluate", overrides, out))
     saved = json.loads((out / "results.json").read_text())
     alignment = saved["alignment"]
-    assert alignment["method"] == "shift"
+    assert alignment["method"] == "shift" and alignment["word_links"] == "any"
+    assert alignment["baseline"]["units"] == "subwords"
     valid_aer = alignment["layer_choice"]["valid_aer_per_layer"]
     assert len(valid_aer) == 3 and alignment["layer"] == valid_aer.index(min(valid_aer))
     assert saved["aer"] == saved["aer_per_layer"][alignment["layer"]]
@@ -94,6 +156,31 @@ def test_evaluate_with_shift_best_layer_and_eflomal_baseline(trained_runs, tmp_p
     assert f"eflomal {saved['aer_baseline']:6.2f}" in printed and "(best on valid)" in printed
     assert f"precision {alignment['scores']['precision']:.2f}" in printed
     assert "AER eflomal" in (out / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_evaluate_with_merged_word_links_and_a_word_level_baseline(trained_runs, tmp_path, capsys):
+    pytest.importorskip("eflomal", reason="eflomal is not installed (pip install attnmt[align])")
+    from attnmt.evaluation import evaluate
+
+    from conftest import compose_config
+
+    _, run_dir, _ = trained_runs[1]["rnn_bahdanau"]
+    out = tmp_path / "eval"
+    overrides = [f"ckpt={run_dir}", "decode.beam_size=1", "eval.num_plots=0", "eval.word_links=merged",
+                 "eval.baseline=eflomal", "eval.baseline_units=words"]
+    saved = evaluate(compose_config("evaluate", overrides, out))
+    assert saved["alignment"]["word_links"] == "merged" and saved["alignment"]["baseline"]["units"] == "words"
+    gold = read_gold(saved["alignment"]["gold_file"])
+    attention = [parse_links(line)[1] for line in (out / "alignments.txt").read_text().splitlines()]
+    assert saved["aer"] == round(100 * alignment_error_rate(attention, gold), 2)
+    lines = capsys.readouterr().out.splitlines()
+    aer_line = next(k for k, line in enumerate(lines) if line.startswith("  AER "))
+    assert "word links merged" in lines[aer_line] and any("eflomal (on words" in line for line in lines)
+    # merged argmax makes one link per target word: the recall that allows is quoted beside it.
+    assert f"reaches at most {saved['alignment']['scores']['recall_bound']:.2f}" in lines[aer_line + 1]
+    per_word = [parse_links(line)[1] for line in (out / "alignments.txt").read_text().splitlines()]
+    assert all(len({j for _, j in x}) == len(x) for x in per_word)  # one link per target word
 
 
 def test_alignment_heads_default_to_the_guided_ones_and_are_checked():

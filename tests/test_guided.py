@@ -67,6 +67,46 @@ def test_heads_beyond_the_model_are_refused():
         guided.forward(build_tiny_model("rnn_bahdanau", vocab_size=30), _batch())
 
 
+def test_teacher_links_come_from_pieces_or_from_words(tiny_datamodule, tmp_path, monkeypatch):
+    """``units: subwords`` gives eflomal the model's pieces and keeps its piece links as the
+    positions; ``units: words`` gives it words and maps each link to all pieces of both words."""
+    import attnmt.guided as guided_module
+    from attnmt.errors import ConfigError
+
+    tok = tiny_datamodule.tokenizer
+    src, tgt = tmp_path / "train.en", tmp_path / "train.syn"
+    src.write_text("the cats will see a dog\n")
+    tgt.write_text("ka dasi ri konta na\n")
+    s_ids, t_ids = tok.encode_src([src.read_text().strip()])[0], tok.encode_tgt([tgt.read_text().strip()])[0]
+    s_pieces, t_pieces = tok.src_pieces(s_ids), tok.tgt_pieces(t_ids)
+    seen = {}
+
+    def fake_piece_links(src_pieces, tgt_pieces, cache_dir):
+        seen["pieces"] = (src_pieces, tgt_pieces)
+        return [{(0, 0), (len(s_pieces) - 1, len(t_pieces) - 1)}]
+
+    def fake_word_links(sources, targets, cache_dir):
+        seen["words"] = (sources, targets)
+        return [{(1, 1)}]  # cats -> dasi
+
+    monkeypatch.setattr(guided_module, "piece_links", fake_piece_links)
+    monkeypatch.setattr(guided_module, "eflomal_links", fake_word_links)
+    monkeypatch.setattr(guided_module, "require_eflomal", lambda key: None)
+
+    by_pieces = GuidedAlignment(weight=0.5)  # units: subwords by default
+    by_pieces.prepare([(src, tgt)], tok, tmp_path)
+    assert seen["pieces"] == ([s_pieces], [t_pieces])
+    assert by_pieces.links[_key(s_ids, t_ids)].tolist() == [[0, 0], [len(t_pieces) - 1, len(s_pieces) - 1]]
+
+    by_words = GuidedAlignment(weight=0.5, units="words")
+    by_words.prepare([(src, tgt)], tok, tmp_path)
+    assert seen["words"] == (["the cats will see a dog"], ["ka dasi ri konta na"])
+    assert by_words.links[_key(s_ids, t_ids)].tolist() == subword_links({(1, 1)}, s_pieces, t_pieces).tolist()
+
+    with pytest.raises(ConfigError, match="task.guided_alignment.units='letters' must be one of subwords, words"):
+        GuidedAlignment(weight=0.5, units="letters")
+
+
 def test_full_context_reads_the_whole_target_and_only_a_transformer_has_it():
     """Garg et al.'s full target context: with the future mask lifted, row t's cross-attention
     changes when a later target token does (it stays put in the causal pass); padding is never

@@ -43,7 +43,7 @@ def aer_by_length(
 
 def best_layer(
     model: Seq2Seq, tokenizer: Tokenizer, train_cfg: dict, method: str, threshold: float, batch_tokens: int,
-    heads: int | None = None, full_context: bool = False,
+    heads: int | None = None, full_context: bool = False, word_links: str = "merged",
 ) -> tuple[int, list[float], str] | None:
     """The layer whose cross-attention (its first ``heads`` heads averaged, all when ``None``;
     links by ``method``) has the lowest AER
@@ -59,7 +59,7 @@ def best_layer(
     dataset = encode_for_eval(tokenizer, sources, references, max_len=train_cfg["data"].get("max_len", 128))
     pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
     links = attention_links(
-        model, tokenizer, dataset, pairs, batch_tokens, None, method, threshold, heads, full_context
+        model, tokenizer, dataset, pairs, batch_tokens, None, method, threshold, heads, full_context, word_links
     )
     aer = per_layer_aer(links, gold)
     layer = min(range(len(aer)), key=lambda i: aer[i])  # the first of equals: the lower layer
@@ -68,18 +68,36 @@ def best_layer(
     return layer, aer, str(gold_file)
 
 
-def eflomal_baseline(train_cfg: dict, sources: list[str], references: list[str]) -> list[set[Link]]:
-    """eflomal's symmetrised links for the evaluated pairs, aligned together with the training
-    corpus (text only: more text makes a better statistical aligner) and cached beside it."""
-    from attnmt.aligner import eflomal_links
+def eflomal_baseline(
+    train_cfg: dict, sources: list[str], references: list[str], tokenizer: Tokenizer, units: str = "subwords",
+) -> list[set[Link]]:
+    """eflomal's symmetrised word links for the evaluated pairs, aligned together with the training
+    corpus (text only: more text makes a better statistical aligner) and cached beside it. A pair
+    that is also a training pair is aligned once (a repeated pair skews eflomal's statistics).
+    ``units``: eflomal aligns whitespace ``words``, or the model's ``subwords`` (its sentencepiece
+    pieces), whose links become word links where any of two words' pieces are linked."""
+    from attnmt.aligner import eflomal_links, piece_links, pieces_to_words
 
     datamodule = build(train_cfg["data"], "data")
     datamodule.prepare_corpus()
-    train_src: list[str] = []
-    train_tgt: list[str] = []
+    all_src: list[str] = []
+    all_tgt: list[str] = []
     for src_file, tgt_file in datamodule.train_files():
         for s, t in iter_parallel(src_file, tgt_file):
-            train_src.append(s)
-            train_tgt.append(t)
-    links = eflomal_links(train_src + sources, train_tgt + references, datamodule.spm_cache_dir())
-    return links[len(train_src):]
+            all_src.append(s)
+            all_tgt.append(t)
+    index = {pair: k for k, pair in enumerate(zip(all_src, all_tgt))}
+    rows = []
+    for pair in zip(sources, references):
+        if pair not in index:
+            index[pair] = len(all_src)
+            all_src.append(pair[0])
+            all_tgt.append(pair[1])
+        rows.append(index[pair])
+    if units == "words":
+        links = eflomal_links(all_src, all_tgt, datamodule.spm_cache_dir())
+        return [links[k] for k in rows]
+    src_pieces = [tokenizer.src_pieces(ids) for ids in tokenizer.encode_src(all_src)]
+    tgt_pieces = [tokenizer.tgt_pieces(ids) for ids in tokenizer.encode_tgt(all_tgt)]
+    links = piece_links(src_pieces, tgt_pieces, datamodule.spm_cache_dir())
+    return [pieces_to_words(links[k], src_pieces[k], tgt_pieces[k]) for k in rows]

@@ -3,8 +3,11 @@ both directions and symmetrised with grow-diag-final-and (Koehn et al., 2005).
 
 It serves twice: as the baseline whose AER evaluation reports next to the attention's
 (``eval.baseline=eflomal``), and as the teacher of guided alignment training
-(:mod:`attnmt.guided`). Words are whitespace-separated tokens of the untouched text, as in the
-gold files (:mod:`attnmt.alignment`). Links are cached by content (the sentences and the
+(:mod:`attnmt.guided`). It aligns whitespace-separated tokens: the words of the untouched text, as
+in the gold files (:mod:`attnmt.alignment`), or a model's sentencepiece pieces (``units:
+subwords``, :func:`piece_links`), whose links are mapped back to words where words are scored (a
+word pair is linked when any of their pieces are). Pieces let it link the parts of a fused word to
+different words (a verb ending to an auxiliary). Links are cached by content (the sentences and the
 settings) in a corpus's cache folder, like its sentencepiece model: a second run on the same text
 reads them back instead of running eflomal again.
 
@@ -18,7 +21,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from attnmt.alignment import Link, format_links, parse_links
+from attnmt.alignment import Link, format_links, parse_links, word_ids
 from attnmt.data.io import read_lines
 from attnmt.data.store import file_lock
 from attnmt.errors import ConfigError
@@ -26,6 +29,7 @@ from attnmt.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+UNITS = ("subwords", "words")
 CACHE_VERSION = 1  # bump when the way links are made changes, so that old caches are not reused
 _NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
 
@@ -119,3 +123,18 @@ def eflomal_links(
     if len(links) != len(sources):  # a truncated file: never trust it
         raise RuntimeError(f"{path}: {len(links)} lines for {len(sources)} sentence pairs; delete it to align again")
     return links
+
+
+def piece_links(
+    src_pieces: list[list[str]], tgt_pieces: list[list[str]], cache_dir: str | Path,
+) -> list[set[Link]]:
+    """:func:`eflomal_links` of sentences given as sentencepiece pieces: links ``(source piece,
+    target piece)`` indexing the lists (cached like word links: the pieces are the text)."""
+    return eflomal_links([" ".join(p) for p in src_pieces], [" ".join(p) for p in tgt_pieces], cache_dir)
+
+
+def pieces_to_words(links: set[Link], src_pieces: list[str], tgt_pieces: list[str]) -> set[Link]:
+    """Piece links as word links: a word pair is linked when any of their pieces are."""
+    src_words, tgt_words = word_ids(src_pieces), word_ids(tgt_pieces)
+    return {(src_words[i], tgt_words[j]) for i, j in links
+            if src_words[i] is not None and tgt_words[j] is not None}

@@ -147,6 +147,7 @@ def merge_to_words(weights: np.ndarray, row_words: list[int | None], col_words: 
 
 
 METHODS = ("argmax", "threshold", "shift")
+WORD_LINKS = ("merged", "any")
 
 
 def hard_links(word_weights: np.ndarray, method: str = "argmax", threshold: float = 0.5) -> set[Link]:
@@ -165,6 +166,7 @@ def hard_links(word_weights: np.ndarray, method: str = "argmax", threshold: floa
 
 def sentence_links(
     weights: np.ndarray, tgt_pieces: list[str], src_pieces: list[str], method: str = "argmax", threshold: float = 0.5,
+    word_links: str = "merged",
 ) -> set[Link]:
     """Word links of one sentence pair from its subword cross-attention ``(T + 1, S)``: row ``t``
     is the decoding step that reads ``tgt_in[t]`` (``<s>`` then the ``T`` target pieces), i.e. the
@@ -174,11 +176,24 @@ def sentence_links(
     it); ``shift`` (Chen et al., 2020, Shift-Att) with row ``t + 1``, the step where piece ``t`` is
     the decoder's input. Columns of ``</s>`` (and other special pieces) are dropped before any
     choice, so the source ``</s>`` is never a link target.
+
+    ``word_links``: ``merged`` merges the attention to words first (:func:`merge_to_words`), so
+    argmax gives one link per target word; ``any`` chooses between pieces (each target piece's
+    argmax, or every piece pair over the threshold) and links a word pair when any of their pieces
+    are linked (Zenkel et al., 2019; Garg et al., 2019), so a fused word's pieces can link
+    different source words.
     """
     n = len(tgt_pieces)
-    rows = weights[1 : n + 1] if method == "shift" else weights[:n]  # (T, S)
-    w = merge_to_words(rows[:, : len(src_pieces)], word_ids(tgt_pieces), word_ids(src_pieces))
-    return hard_links(w, method, threshold)
+    rows = (weights[1 : n + 1] if method == "shift" else weights[:n])[:, : len(src_pieces)]  # (T, S)
+    tgt_words, src_words = word_ids(tgt_pieces), word_ids(src_pieces)
+    if word_links == "merged":
+        return hard_links(merge_to_words(rows, tgt_words, src_words), method, threshold)
+    if word_links != "any":
+        raise ValueError(f"word_links={word_links!r} is not one of {', '.join(WORD_LINKS)}")
+    keep_t = [t for t, w in enumerate(tgt_words) if w is not None]
+    keep_s = [s for s, w in enumerate(src_words) if w is not None]
+    pieces = hard_links(rows[np.ix_(keep_t, keep_s)], method, threshold)  # (source piece, target piece)
+    return {(src_words[keep_s[i]], tgt_words[keep_t[j]]) for i, j in pieces}
 
 
 def layer_index(layer: int, num_layers: int, key: str = "eval.layer") -> int:
@@ -192,14 +207,14 @@ def layer_index(layer: int, num_layers: int, key: str = "eval.layer") -> int:
 def attention_links(
     model: Seq2Seq, tokenizer: Tokenizer, dataset: ParallelDataset, pairs: list[tuple[int, list[int]]],
     batch_tokens: int = 8000, layers: list[int] | None = None, method: str = "argmax", threshold: float = 0.5,
-    heads: int | None = None, full_context: bool = False,
+    heads: int | None = None, full_context: bool = False, word_links: str = "merged",
 ) -> list[list[set[Link]]]:
     """Word alignments of (source ``dataset.src[i]``, target ids) pairs from the model's
     cross-attention while it reads the target (rows chosen by ``method``, see
     :func:`sentence_links`): per layer in ``layers`` (all when ``None``), one
-    link set per pair. The first ``heads`` heads (all when ``None``) are averaged; subwords are
-    merged to words first. ``full_context``: the decoder reads the whole target at every position
-    (a Transformer trained so, see :mod:`attnmt.guided`)."""
+    link set per pair. The first ``heads`` heads (all when ``None``) are averaged; pieces become
+    words as ``word_links`` says (:func:`sentence_links`). ``full_context``: the decoder reads the
+    whole target at every position (a Transformer trained so, see :mod:`attnmt.guided`)."""
     lengths = [max(len(dataset.src[i]), len(t) + 1) for i, t in pairs]
     sampler = TokenBucketBatchSampler(lengths, batch_tokens, shuffle=False)
     out: list[list[set[Link]]] | None = None
@@ -218,6 +233,6 @@ def attention_links(
                 tgt_pieces, src_pieces = tokenizer.tgt_pieces(tgt), tokenizer.src_pieces(src_ids)
                 for n, layer in enumerate(chosen):
                     out[n][k] = sentence_links(
-                        cross[b, layer, : len(tgt) + 1], tgt_pieces, src_pieces, method, threshold
+                        cross[b, layer, : len(tgt) + 1], tgt_pieces, src_pieces, method, threshold, word_links
                     )
     return out or [[] for _ in (layers or [0])]

@@ -138,13 +138,12 @@ def _with_end_row(rows: np.ndarray, length: int) -> np.ndarray:
 
 
 def word_links(tokenizer: Tokenizer, src_ids: list[int], tgt_ids: list[int], rows: np.ndarray,
-               method: str = "argmax", threshold: float = 0.5):
+               method: str = "argmax", threshold: float = 0.5, word_links: str = "merged"):
     """Word alignment links from one subword attention matrix ``(T + 1, S)`` (as
     :func:`attnmt.alignment.attention_links` does for one layer of the PyTorch model)."""
-    from attnmt.alignment import hard_links, merge_to_words, word_ids
+    from attnmt.alignment import sentence_links
 
-    r = word_ids(tokenizer.tgt_pieces(tgt_ids) + ["</s>"])
-    c = word_ids(tokenizer.src_pieces(src_ids))
-    return hard_links(merge_to_words(rows[: len(r), : len(c)], r, c), method, threshold)
+    return sentence_links(rows, tokenizer.tgt_pieces(tgt_ids), tokenizer.src_pieces(src_ids), method, threshold,
+                          word_links)
 
 

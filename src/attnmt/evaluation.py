@@ -71,7 +71,9 @@ class EvalSettings:
     align_threshold: Annotated[float, Gt(0), Le(1)] = 0.5
     heads: Annotated[int, Ge(1)] | None = None
     full_context: bool | None = None
+    word_links: Literal["merged", "any"] = "any"
     baseline: Literal["eflomal"] | None = None
+    baseline_units: Literal["subwords", "words"] = "subwords"
 
     def heatmaps(self, layer: int) -> HeatmapSettings:
         return HeatmapSettings(
@@ -80,10 +82,11 @@ class EvalSettings:
         )
 
 
-def precision_recall(scores: dict[str, float]) -> str:
-    """``precision P, recall R (at most B with one link per target word)`` of :func:`alignment_scores`."""
-    return (f"precision {scores['precision']:.2f}, recall {scores['recall']:.2f} "
-            f"(one link per target word reaches at most {scores['recall_bound']:.2f})")
+def precision_recall(scores: dict[str, float], one_link: bool = False) -> str:
+    """``precision P, recall R`` of :func:`alignment_scores`, with the recall that one link per
+    target word can reach where the links are made so (``one_link``)."""
+    bound = f" (one link per target word reaches at most {scores['recall_bound']:.2f})" if one_link else ""
+    return f"precision {scores['precision']:.2f}, recall {scores['recall']:.2f}{bound}"
 
 
 def alignment_heads(asked: int | None, train_cfg: dict, num_heads: int) -> tuple[int | None, str]:
@@ -171,7 +174,7 @@ def evaluate(cfg: DictConfig) -> dict:
         heads_label += ", full target context"
     chosen = (
         best_layer(model, tokenizer, train_cfg, e.align_method, e.align_threshold, decode.batch_tokens, heads,
-                   full_context)
+                   full_context, e.word_links)
         if e.layer == "best" else None
     )
     if e.baseline == "eflomal":
@@ -186,12 +189,12 @@ def evaluate(cfg: DictConfig) -> dict:
     pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
     per_layer = attention_links(
         model, tokenizer, dataset, pairs, decode.batch_tokens, None, e.align_method, e.align_threshold, heads,
-        full_context,
+        full_context, e.word_links,
     )
     layer = chosen[0] if chosen else layer_index(-1 if e.layer == "best" else e.layer, len(per_layer))
     atomic_write_text(out_dir / "alignments.txt", "".join(format_links(x) + "\n" for x in per_layer[layer]))
     alignment = {"file": "alignments.txt", "layer": layer, "num_layers": len(per_layer), "method": e.align_method,
-                 "heads": heads or probe["cross"].size(2), "full_context": full_context}
+                 "word_links": e.word_links, "heads": heads or probe["cross"].size(2), "full_context": full_context}
     if e.layer == "best":
         alignment["layer_choice"] = (
             {"by": "lowest validation AER", "gold_file": chosen[2], "valid_aer_per_layer": chosen[1]}
@@ -205,10 +208,11 @@ def evaluate(cfg: DictConfig) -> dict:
         alignment["scores"] = alignment_scores(per_layer[layer], gold)
         alignment["by_length"] = aer_by_length(per_layer[layer], gold, sources)
         if e.baseline == "eflomal":
-            baseline = eflomal_baseline(train_cfg, sources, references)
+            baseline = eflomal_baseline(train_cfg, sources, references, tokenizer, e.baseline_units)
             atomic_write_text(out_dir / "alignments.eflomal.txt", "".join(format_links(x) + "\n" for x in baseline))
             alignment["baseline"] = {
-                "aligner": "eflomal", "symmetrisation": "grow-diag-final-and", "file": "alignments.eflomal.txt"
+                "aligner": "eflomal", "units": e.baseline_units, "symmetrisation": "grow-diag-final-and",
+                "file": "alignments.eflomal.txt",
             }
             alignment["aer_baseline"] = round(100 * alignment_error_rate(baseline, gold), 2)
             alignment["baseline"]["scores"] = alignment_scores(baseline, gold)
@@ -252,14 +256,18 @@ def evaluate(cfg: DictConfig) -> dict:
             for name in ("bleu", "chrf", "ter")
         },
     }
+    # argmax and shift over merged word attention make one link per target word: a recall bound.
+    one_link = e.word_links == "merged" and e.align_method != "threshold"
     if gold is not None:
         summary["AER"] = (
             f"{alignment['aer']:.2f}  (layer {layer + 1} of {len(per_layer)}{' (best on valid)' if chosen else ''}, "
-            f"{heads_label}, {e.align_method}, gold {gold_file}; {precision_recall(alignment['scores'])})"
+            f"{heads_label}, {e.align_method}, word links {e.word_links}, gold {gold_file}; "
+            f"{precision_recall(alignment['scores'], one_link)})"
         )
         if "aer_baseline" in alignment:
             summary["AER eflomal"] = (
-                f"{alignment['aer_baseline']:.2f}  (both directions, grow-diag-final-and, same gold; "
+                f"{alignment['aer_baseline']:.2f}  (on {e.baseline_units}, both directions, grow-diag-final-and, "
+                f"same gold; "
                 f"{precision_recall(alignment['baseline']['scores'])})"
             )
         if len(per_layer) > 1:
@@ -274,11 +282,12 @@ def evaluate(cfg: DictConfig) -> dict:
         print(f"  {label:7s} {scores[name]['score']:6.2f}   {scores[name]['signature']}")
     if gold is not None:
         print(f"  {'AER':7s} {alignment['aer']:6.2f}   layer {layer + 1}/{len(per_layer)}"
-              f"{' (best on valid)' if chosen else ''}, {heads_label}, {e.align_method}, vs {gold_file}")
-        print(f"  {'':7s} {'':6s}   {precision_recall(alignment['scores'])}")
+              f"{' (best on valid)' if chosen else ''}, {heads_label}, {e.align_method}, "
+              f"word links {e.word_links}, vs {gold_file}")
+        print(f"  {'':7s} {'':6s}   {precision_recall(alignment['scores'], one_link)}")
         if "aer_baseline" in alignment:
             print(f"  {'eflomal':7s} {alignment['aer_baseline']:6.2f}   "
-                  "AER of eflomal (both directions, grow-diag-final-and), same gold; "
+                  f"AER of eflomal (on {e.baseline_units}, both directions, grow-diag-final-and), same gold; "
                   f"{precision_recall(alignment['baseline']['scores'])}")
         print("  AER by source length (words): " + ", ".join(
             f"{b['words']}: {b['aer']:.2f}" + (f" (eflomal {e['aer']:.2f})" if e else "")

@@ -56,11 +56,12 @@ def evaluate_exported(cfg, decode, e) -> dict:
     pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]  # each source with its reference
     attention = exported.forced_attention(dataset, pairs)
     links = [
-        word_links(tokenizer, dataset.src[i], t, a, e.align_method, e.align_threshold)
+        word_links(tokenizer, dataset.src[i], t, a, e.align_method, e.align_threshold, e.word_links)
         for (i, t), a in zip(pairs, attention)
     ]
     atomic_write_text(out_dir / "alignments.txt", "".join(format_links(x) + "\n" for x in links))
-    alignment = {"file": "alignments.txt", "layer": num_layers - 1, "num_layers": num_layers, "method": e.align_method}
+    alignment = {"file": "alignments.txt", "layer": num_layers - 1, "num_layers": num_layers, "method": e.align_method,
+                 "word_links": e.word_links}
     if gold is not None:
         alignment["gold_file"] = str(gold_file)
         alignment["aer"] = round(100 * alignment_error_rate(links, gold), 2)

@@ -11,7 +11,10 @@ zero when the attention equals the target. Rows without any link (unaligned targ
 are not supervised.
 
 The links are eflomal's (:mod:`attnmt.aligner`) for the training corpus, computed once and cached
-beside it, then mapped from words to subword positions. A batch's pairs are found by their token
+beside it: by default on the model's own subword pieces, which gives piece positions directly and
+lets a fused target word's pieces follow different source words; with ``units: words`` on
+whitespace words, mapped to pieces (every piece of the target word to every piece of its source
+words). A batch's pairs are found by their token
 ids, so the data pipeline needs no change: the token store drops and reorders pairs freely.
 """
 
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attnmt.aligner import eflomal_links, require_eflomal
+from attnmt.aligner import UNITS, eflomal_links, piece_links, require_eflomal
 from attnmt.alignment import Link, layer_index, word_ids
 from attnmt.data.io import iter_parallel
 from attnmt.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
@@ -73,16 +76,21 @@ class GuidedAlignment:
     ``layer``'s cross-attention is supervised (-1 = last; an RNN has one), how many of its
     ``heads`` (the first ones, averaged; an RNN has one), and whether that attention is taken from
     a second decoder pass without the future mask (``full_context``, Transformer only: Garg et al.
-    2019, section 4.3; the translation loss keeps the causal pass)."""
+    2019, section 4.3; the translation loss keeps the causal pass), and what eflomal aligns
+    (``units``: the model's ``subwords`` or whitespace ``words``)."""
 
     def __init__(
         self, weight: NonNegativeFloat = 0.0, layer: int = -1, heads: PositiveInt = 1, full_context: bool = False,
+        units: str = "subwords",
     ):
         if weight < 0:
             raise ConfigError(f"task.guided_alignment.weight={weight} must be 0 (off) or more")
         if heads < 1:
             raise ConfigError(f"task.guided_alignment.heads={heads} must be at least 1")
+        if units not in UNITS:
+            raise ConfigError(f"task.guided_alignment.units={units!r} must be one of {', '.join(UNITS)}")
         self.weight, self.layer, self.heads, self.full_context = weight, layer, heads, full_context
+        self.units = units
         if weight > 0:
             require_eflomal(f"task.guided_alignment.weight={weight}")
         self.links: dict[bytes, np.ndarray] | None = None  # token ids of a pair -> (N, 2) positions
@@ -92,20 +100,26 @@ class GuidedAlignment:
         return self.weight > 0
 
     def prepare(self, train_files: list[tuple], tokenizer: Tokenizer, cache_dir) -> None:
-        """eflomal's links for every training pair (cached), mapped to subword positions."""
+        """eflomal's links for every training pair (cached), as subword positions."""
         sources: list[str] = []
         targets: list[str] = []
         for src_file, tgt_file in train_files:
             for s, t in iter_parallel(src_file, tgt_file):
                 sources.append(s)
                 targets.append(t)
-        word_links = eflomal_links(sources, targets, cache_dir)
+        src_ids, tgt_ids = tokenizer.encode_src(sources), tokenizer.encode_tgt(targets)
+        src_pieces = [tokenizer.src_pieces(ids) for ids in src_ids]
+        tgt_pieces = [tokenizer.tgt_pieces(ids) for ids in tgt_ids]
         self.links = {}
-        for s_ids, t_ids, links in zip(tokenizer.encode_src(sources), tokenizer.encode_tgt(targets), word_links):
-            self.links[_key(s_ids, t_ids)] = subword_links(
-                links, tokenizer.src_pieces(s_ids), tokenizer.tgt_pieces(t_ids)
-            )
-        log.info("Guided alignment: eflomal links for %d training pairs, weight %g", len(self.links), self.weight)
+        if self.units == "subwords":
+            for s_ids, t_ids, links in zip(src_ids, tgt_ids, piece_links(src_pieces, tgt_pieces, cache_dir)):
+                self.links[_key(s_ids, t_ids)] = np.asarray(sorted((j, i) for i, j in links), np.int32).reshape(-1, 2)
+        else:
+            word_links = eflomal_links(sources, targets, cache_dir)
+            for s_ids, t_ids, sp, tp, links in zip(src_ids, tgt_ids, src_pieces, tgt_pieces, word_links):
+                self.links[_key(s_ids, t_ids)] = subword_links(links, sp, tp)
+        log.info("Guided alignment: eflomal links (%s) for %d training pairs, weight %g",
+                 self.units, len(self.links), self.weight)
 
     def target(self, batch: dict[str, Tensor]) -> Tensor:
         """The batch's target attention ``(B, T, S)``, aligned with ``tgt_out`` and ``src``."""
