@@ -137,11 +137,13 @@ def test_evaluate_an_export(decoded, exported_transformer, tmp_path):
     assert results["bleu"]["signature"].startswith("nrefs:1|") and "chrf" in results and "ter" in results
     assert (out / "hypotheses.txt").read_text().splitlines() == decoded.tokenizer.decode_tgt(decoded.hyps["float32", 1])
     assert results["heatmaps"] == 0 and 0.0 <= results["aer"] <= 100.0
-    # The alignments are those of the PyTorch model's last layer, heads averaged.
+    # The alignments are those of the PyTorch model's last layer, heads averaged, words linked alike.
     pairs = [(i, t[1:-1]) for i, t in enumerate(decoded.dataset.tgt)]
+    word_links = results["alignment"]["word_links"]
     expected = [
-        format_links(x)
-        for x in attention_links(decoded.model, decoded.tokenizer, decoded.dataset, pairs, layers=[-1])[0]
+        format_links(x) for x in attention_links(
+            decoded.model, decoded.tokenizer, decoded.dataset, pairs, layers=[-1], word_links=word_links
+        )[0]
     ]
     found = (out / "alignments.txt").read_text().splitlines()
     assert sum(a == b for a, b in zip(found, expected)) >= 0.95 * len(expected)
