@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -316,3 +317,38 @@ def test_requeued_slurm_job_continues_its_own_run(small_corpus, uninterrupted, t
     assert "SLURM requeued this job (SLURM_RESTART_COUNT=1): resuming its run" in proc.stdout
     assert f"Resuming {run_dir} from {run_dir / 'checkpoints' / 'last.ckpt'} (step {STEPS}" in proc.stdout
     assert yaml.safe_load((run_dir / "summary.yaml").read_text())["global_step"] == 130
+
+
+def made_before_guided_units(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of ``run_dir`` whose config lacks the keys added since (as a run made before them)."""
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir, old)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    for key in ("units", "full_context"):
+        del config["task"]["guided_alignment"][key]
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    return old
+
+
+def test_run_made_before_a_setting_existed_resumes_with_the_behaviour_it_had(uninterrupted, tmp_path, monkeypatch):
+    from attnmt.errors import ConfigError
+    from attnmt.resume import check_unchanged, resume_argv
+
+    old = made_before_guided_units(uninterrupted, tmp_path)
+    monkeypatch.delenv("ATTNMT_RESUME_ARGV_REWRITTEN", raising=False)
+    argv = resume_argv(["train.py", f"resume={old}"])
+    assert "task.guided_alignment.units=words" in argv and "task.guided_alignment.full_context=false" in argv
+    monkeypatch.delenv("ATTNMT_RESUME_ARGV_REWRITTEN", raising=False)
+    assert not any(a.startswith("task.guided_alignment") for a in resume_argv(["train.py", f"resume={uninterrupted}"]))
+
+    config = yaml.safe_load((uninterrupted / "config.yaml").read_text())
+    check_unchanged(uninterrupted, config)
+    config["task"]["guided_alignment"]["units"] = "words"
+    check_unchanged(old, config)  # the value it was trained with
+    config["task"]["guided_alignment"]["units"] = "subwords"
+    with pytest.raises(ConfigError, match=r"task.guided_alignment.units='subwords' \(run: 'words'\)"):
+        check_unchanged(old, config)
+
+    monkeypatch.delenv("ATTNMT_RESUME_ARGV_REWRITTEN", raising=False)  # set by resume_argv above
+    proc = run([sys.executable, str(ROOT / "train.py"), f"resume={old}", f"trainer.max_steps={STEPS + 10}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 PROTECTED = ("model", "data", "task", "optimizer", "scheduler", "seed", "trainer.accumulate_grad_batches")
 # Within those, settings that do not change the computation.
 UNPROTECTED = ("data.num_workers",)
+# Settings added after runs were made with the behaviour these values give: a run whose saved
+# config lacks one resumes with this value, so a newer default does not change what it trains.
+ADDED_LATER = {
+    "task.guided_alignment._target_": "attnmt.guided.GuidedAlignment",
+    "task.guided_alignment.weight": 0.0,
+    "task.guided_alignment.layer": -1,
+    "task.guided_alignment.heads": 1,
+    "task.guided_alignment.full_context": False,
+    "task.guided_alignment.units": "words",
+}
 _REWRITTEN = "ATTNMT_RESUME_ARGV_REWRITTEN"
 
 
@@ -54,7 +64,14 @@ def resume_argv(argv: list[str]) -> list[str]:
                 f"{', '.join(PROTECTED)}: start a new run to change them"
             )
     os.environ[_REWRITTEN] = "1"
-    return [argv[0], *saved, *argv[1:], f"hydra.run.dir={run_dir}"]
+    return [argv[0], *saved, *_added_later(run_dir), *argv[1:], f"hydra.run.dir={run_dir}"]
+
+
+def _added_later(run_dir: Path) -> list[str]:
+    """Overrides that give a run made before a setting existed the behaviour it was trained with."""
+    saved = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
+    keys = [k for k in ADDED_LATER if k not in saved and not k.endswith("._target_")]
+    return [f"{k}={str(ADDED_LATER[k]).lower() if isinstance(ADDED_LATER[k], bool) else ADDED_LATER[k]}" for k in keys]
 
 
 def _flatten(node, prefix: str = "") -> dict[str, object]:
@@ -75,6 +92,7 @@ def check_unchanged(run_dir: Path, config: dict) -> None:
     def protected(key: str) -> bool:
         return key.startswith(tuple(p + "." for p in PROTECTED) + PROTECTED) and not key.startswith(UNPROTECTED)
 
+    saved = {**{k: v for k, v in ADDED_LATER.items() if k in now}, **saved}
     changed = sorted(k for k in set(saved) | set(now) if protected(k) and saved.get(k) != now.get(k))
     if changed:
         diffs = ", ".join(f"{k}={now.get(k)!r} (run: {saved.get(k)!r})" for k in changed[:3])
