@@ -420,6 +420,28 @@ def test_stdin_lines_keep_their_alignment(untrained, monkeypatch, capsys):
     assert rows[2] == "1 |||  ||| 0.0000 ||| "
 
 
+def test_translate_word_links_any_or_merged(untrained, monkeypatch, capsys):
+    """``word_links=merged``: one link per target word; ``any`` (the default): every target word
+    linked, and a word whose pieces attend to different source words gets more than one link."""
+    raw = b"".join(f"w{i} x{i % 7} y{i % 13} w{i + 17}\n".encode() for i in range(300, 330))
+
+    def links(argv):
+        out = translate_stdin(raw, ["alignments=true", *argv], untrained, monkeypatch, capsys)
+        rows = [r.split(" ||| ") for r in out]
+        return [(len(r[1].split()), [tuple(map(int, x.split("-"))) for x in r[2].split()]) for r in rows]
+
+    merged, default = links(["word_links=merged"]), links([])
+    assert [n for n, _ in merged] == [n for n, _ in default]  # the same translations
+    for n, pairs in merged:
+        assert sorted(j for _, j in pairs) == list(range(n))
+    for n, pairs in default:
+        assert {j for _, j in pairs} == set(range(n))
+    assert any(len(pairs) > n for n, pairs in default)
+    with pytest.raises(SystemExit):
+        translate_stdin(raw, ["alignments=true", "word_links=pieces"], untrained, monkeypatch, capsys)
+    assert "word_links" in capsys.readouterr().err
+
+
 def test_stdin_that_is_not_utf8_names_the_first_bad_line_and_prints_nothing(untrained, monkeypatch, capsys):
     model, tokenizer = untrained
     monkeypatch.setattr("attnmt.checkpoint.load_for_decoding", lambda _: pytest.fail("the model was loaded"))

@@ -16,7 +16,8 @@ Entropy and AER are measured on the attention while the model reads the *referen
 (teacher-forced), as ``evaluate.py`` scores AER: gold links are links between reference words,
 and the same target makes values of different steps comparable. Entropy is the mean, over target
 words, of the entropy (nats) of the word-level attention row, renormalised to sum to 1 over the
-source words (``</s>`` dropped); AER takes each target word's most attended source word.
+source words (``</s>`` dropped). AER links each target piece to its most attended source piece and
+two words when any of their pieces are linked (``evaluate.py``'s default ``eval.word_links=any``).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class AttentionMonitor(Callback):
     def measure(self, pl_module) -> dict:
         """Greedy hypotheses, and per sentence the entropy and AER of the attention while reading
         the reference (layer ``self.layer``, heads averaged, word level)."""
-        from attnmt.alignment import alignment_error_rate, hard_links, layer_index, merge_to_words, word_ids
+        from attnmt.alignment import alignment_error_rate, layer_index, merge_to_words, sentence_links, word_ids
         from attnmt.data.datamodule import pad
         from attnmt.data.tokenizer import PAD_ID
         from attnmt.search import forced_attention, greedy_search
@@ -157,11 +158,11 @@ class AttentionMonitor(Callback):
         layer = layer_index(self.layer, cross.shape[1], "callbacks.attention_monitor.layer")
         entropies, links = [], []
         for b, tgt in enumerate(references):
-            rows = word_ids(tokenizer.tgt_pieces(tgt) + ["</s>"])
-            cols = word_ids(tokenizer.src_pieces(dataset.src[b]))
-            w = merge_to_words(cross[b, layer, : len(rows), : len(cols)], rows, cols)  # (T_words, S_words)
-            entropies.append(row_entropy(w))
-            links.append(hard_links(w))
+            tgt_pieces, src_pieces = tokenizer.tgt_pieces(tgt), tokenizer.src_pieces(dataset.src[b])
+            rows, cols = word_ids(tgt_pieces + ["</s>"]), word_ids(src_pieces)
+            weights = cross[b, layer, : len(rows), : len(cols)]  # (T + 1, S)
+            entropies.append(row_entropy(merge_to_words(weights, rows, cols)))  # over (T_words, S_words)
+            links.append(sentence_links(weights, tgt_pieces, src_pieces, word_links="any"))  # as evaluate.py
         aers = None if gold is None else [alignment_error_rate([a], [g]) for a, g in zip(links, gold)]
         return {
             "hyp_ids": hyp_ids,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from attnmt.utils.schema import Ge, Gt, Le
 
@@ -55,6 +55,11 @@ class TranslateSettings:
         "help": "also print word alignments (Pharaoh, from the last layer's cross-attention averaged over heads; "
                 "the same layer from a CTranslate2 export)",
         "metavar": "BOOL"})
+    word_links: Literal["any", "merged"] = field(default="any", metadata={
+        "help": "alignments: any links two words when any of their pieces link (each target piece to its "
+                "most-attended source piece); merged sums the attention over each word's pieces first "
+                "(one link per target word), as evaluate.py's eval.word_links",
+        "metavar": "HOW"})
 
 
 def translate_dataset(
@@ -158,14 +163,16 @@ def translate_lines(args: TranslateSettings, settings: DecodeSettings, lines: li
         for k, i in enumerate(kept):
             nbest[i] = found[k]
             if args.alignments:
-                links[i] = [word_links(tokenizer, dataset.src[k], h.tokens, a) for h, a in zip(found[k], attn[k])]
+                links[i] = [word_links(tokenizer, dataset.src[k], h.tokens, a, word_links=args.word_links)
+                            for h, a in zip(found[k], attn[k])]
     elif kept:
         dataset = encode_for_eval(tokenizer, [lines[i] for i in kept], max_len=max_len)
         for i, hyps in zip(kept, translate_dataset(model, dataset, settings, progress=len(kept) > 100)):
             nbest[i] = hyps
         if args.alignments:
             flat = [(k, h.tokens) for k, i in enumerate(kept) for h in nbest[i]]
-            found = iter(attention_links(model, tokenizer, dataset, flat, settings.batch_tokens, layers=[-1])[0])
+            found = iter(attention_links(model, tokenizer, dataset, flat, settings.batch_tokens, layers=[-1],
+                                         word_links=args.word_links)[0])
             for i in kept:
                 links[i] = [next(found) for _ in nbest[i]]
     if settings.n_best == 1 and not args.scores and not args.alignments:
