@@ -196,11 +196,14 @@ def test_damaged_last_checkpoint_falls_back_to_the_previous_one(uninterrupted, t
      ("model=transformer", "model=transformer (run: model=rnn_bahdanau)")],
 )
 def test_resume_refuses_overrides_that_change_the_model(uninterrupted, override, named, tmp_path):
+    record = {p.name: p.read_bytes() for p in (uninterrupted / ".hydra").iterdir()}
     proc = run([sys.executable, str(ROOT / "train.py"), f"resume={uninterrupted}", override], tmp_path)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and named in errors[0] and "start a new run" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+    # The refused overrides are not left in the run's record, where the next resume would read them.
+    assert {p.name: p.read_bytes() for p in (uninterrupted / ".hydra").iterdir()} == record
 
 
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
@@ -335,10 +338,12 @@ def test_run_made_before_a_setting_existed_resumes_with_the_behaviour_it_had(uni
     from attnmt.resume import check_unchanged, resume_argv
 
     old = made_before_guided_units(uninterrupted, tmp_path)
-    monkeypatch.delenv("ATTNMT_RESUME_ARGV_REWRITTEN", raising=False)
+    # resume_argv marks the process as rewritten (for DDP ranks 1..); "" unmarks it, and the
+    # monkeypatch restores this process's environment afterwards.
+    monkeypatch.setenv("ATTNMT_RESUME_ARGV_REWRITTEN", "")
     argv = resume_argv(["train.py", f"resume={old}"])
     assert "task.guided_alignment.units=words" in argv and "task.guided_alignment.full_context=false" in argv
-    monkeypatch.delenv("ATTNMT_RESUME_ARGV_REWRITTEN", raising=False)
+    monkeypatch.setenv("ATTNMT_RESUME_ARGV_REWRITTEN", "")
     assert not any(a.startswith("task.guided_alignment") for a in resume_argv(["train.py", f"resume={uninterrupted}"]))
 
     config = yaml.safe_load((uninterrupted / "config.yaml").read_text())
@@ -349,6 +354,11 @@ def test_run_made_before_a_setting_existed_resumes_with_the_behaviour_it_had(uni
     with pytest.raises(ConfigError, match=r"task.guided_alignment.units='subwords' \(run: 'words'\)"):
         check_unchanged(old, config)
 
-    monkeypatch.delenv("ATTNMT_RESUME_ARGV_REWRITTEN", raising=False)  # set by resume_argv above
+    monkeypatch.setenv("ATTNMT_RESUME_ARGV_REWRITTEN", "")
     proc = run([sys.executable, str(ROOT / "train.py"), f"resume={old}", f"trainer.max_steps={STEPS + 10}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The accepted resume records what it composed: the next resume continues with the same values.
+    recorded = yaml.safe_load((old / ".hydra" / "overrides.yaml").read_text())
+    assert f"trainer.max_steps={STEPS + 10}" in recorded and "task.guided_alignment.units=words" in recorded
+    assert "model.hidden_size=64" in recorded and not any(o.startswith("resume=") for o in recorded)
+    assert yaml.safe_load((old / "config.yaml").read_text())["task"]["guided_alignment"]["units"] == "words"

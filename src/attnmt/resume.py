@@ -3,7 +3,9 @@
 The entry point rewrites the command line before Hydra composes the config: the run's own
 overrides (``RUN_DIR/.hydra/overrides.yaml``) come first, then the user's, then
 ``hydra.run.dir=RUN_DIR``. :func:`check_unchanged` then refuses overrides that would change what
-is being trained, and :func:`resume_checkpoint` picks the newest checkpoint that loads.
+is being trained, and :func:`resume_checkpoint` picks the newest checkpoint that loads. Hydra does
+not write the run's ``.hydra/`` folder on a resume (a refused one would leave its overrides in
+there for the next); :func:`save_overrides` does, once the resume is accepted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import yaml
 from attnmt.callbacks import NEXT
 from attnmt.checkpoint import read_checkpoint
 from attnmt.errors import CheckpointError, ConfigError
+from attnmt.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,18 @@ def resume_argv(argv: list[str]) -> list[str]:
                 f"{', '.join(PROTECTED)}: start a new run to change them"
             )
     os.environ[_REWRITTEN] = "1"
-    return [argv[0], *saved, *_added_later(run_dir), *argv[1:], f"hydra.run.dir={run_dir}"]
+    return [argv[0], *saved, *_added_later(run_dir), *argv[1:], f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+
+
+def save_overrides(run_dir: Path) -> None:
+    """Record the overrides an accepted resume composed (the run's, then the user's) in
+    ``RUN_DIR/.hydra/overrides.yaml``, so that the next resume continues with them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    task = [str(o) for o in HydraConfig.get().overrides.task if not str(o).startswith("resume=")]
+    atomic_write_text(run_dir / ".hydra" / "overrides.yaml", yaml.safe_dump(task, sort_keys=False))
 
 
 def _added_later(run_dir: Path) -> list[str]:

@@ -21,7 +21,7 @@ from attnmt.data.datamodule import TranslationDataModule
 from attnmt.errors import ConfigError
 from attnmt.loggers import check_logger_packages
 from attnmt.models import Seq2Seq, build_model
-from attnmt.resume import check_unchanged, find_checkpoints, requeued, resume_checkpoint
+from attnmt.resume import check_unchanged, find_checkpoints, requeued, resume_checkpoint, save_overrides
 from attnmt.task import TranslationTask
 from attnmt.utils.allocator import keep_freed_memory
 from attnmt.utils.config import build, check_config
@@ -138,6 +138,8 @@ def train(cfg: DictConfig) -> float | None:
     # Under DDP, Lightning re-runs this script for ranks 1.. into the same folder: only rank 0 writes.
     if rank_zero_only.rank == 0:
         atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(config))
+        if run_dir is not None:
+            save_overrides(run_dir)
     precision = resolve_precision(cfg.trainer)
     if precision["asked"] == "auto":
         log.info("Precision %s (trainer.precision=auto: %s)", precision["used"], precision["why"])
