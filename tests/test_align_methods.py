@@ -149,6 +149,12 @@ def test_evaluate_with_shift_best_layer_and_eflomal_baseline(trained_runs, tmp_p
     attention = [parse_links(line)[1] for line in (out / "alignments.txt").read_text().splitlines()]
     assert alignment["scores"] == alignment_scores(attention, gold) and alignment["scores"]["aer"] == saved["aer"]
     assert alignment["baseline"]["scores"] == alignment_scores(links, gold)
+    # Agreement: the attention's links counted against eflomal's, by hand.
+    shared = sum(len(a & b) for a, b in zip(attention, links))
+    assert alignment["baseline"]["agreement"] == {
+        "precision": round(100 * shared / sum(map(len, attention)), 2),
+        "recall": round(100 * shared / sum(map(len, links)), 2),
+    }
     assert sum(b["sentences"] for b in alignment["by_length"]) == saved["num_sentences"]
     assert sum(b["sentences"] for b in alignment["baseline"]["by_length"]) == saved["num_sentences"]
     assert alignment["scores"]["recall_bound"] < 100.0  # the corpus links some target words to several words
@@ -241,3 +247,35 @@ def test_attention_links_average_only_the_heads_asked_for(monkeypatch):
     links = {heads: alignment.attention_links(None, Tokens(), Data(), [(0, [20, 21])], heads=heads)[0][0]
              for heads in (1, None)}
     assert links == {1: {(0, 0), (0, 1)}, None: {(1, 0), (1, 1)}}
+
+
+@pytest.mark.slow
+def test_eval_max_len_cuts_long_pairs_counts_them_and_is_checked(trained_runs, tmp_path):
+    from attnmt.checkpoint import load_for_decoding
+    from attnmt.data.io import read_parallel
+    from attnmt.errors import ConfigError
+    from attnmt.evaluation import evaluate
+
+    from conftest import compose_config
+
+    _, run_dir, _ = trained_runs[1]["rnn_bahdanau"]
+    common = [f"ckpt={run_dir}", "decode.beam_size=1", "eval.num_plots=0"]
+    whole = evaluate(compose_config("evaluate", common, tmp_path / "whole"))
+    cut = evaluate(compose_config("evaluate", [*common, "eval.max_len=6"], tmp_path / "cut"))
+    assert whole["max_len"] == 128 and whole["cut_sentences"] == 0  # the training data.max_len
+    _, tokenizer, _, _ = load_for_decoding(str(run_dir))
+    sources, references = read_parallel(cut["source_file"], cut["reference_file"])
+    pieces = zip(tokenizer.encode_src(sources), tokenizer.encode_tgt(references))
+    longer = sum(max(len(s), len(t)) > 6 for s, t in pieces)
+    assert cut["max_len"] == 6 and cut["cut_sentences"] == longer > 0
+    # Six pieces hold at most six words: no link reaches past them, so recall falls.
+    def links(run: str) -> list[set]:
+        return [parse_links(line)[1] for line in (tmp_path / run / "alignments.txt").read_text().splitlines()]
+
+    assert all(i < 6 and j < 6 for x in links("cut") for i, j in x)
+    assert any(j >= 6 for x in links("whole") for _, j in x)
+    assert cut["alignment"]["scores"]["recall"] < whole["alignment"]["scores"]["recall"]
+
+    _, transformer_dir, _ = trained_runs[1]["transformer"]
+    with pytest.raises(ConfigError, match=r"eval\.max_len=5000: the model has 1024 positions"):
+        evaluate(compose_config("evaluate", [f"ckpt={transformer_dir}", "eval.max_len=5000"], tmp_path / "long"))

@@ -74,6 +74,7 @@ class EvalSettings:
     word_links: Literal["merged", "any"] = "any"
     baseline: Literal["eflomal"] | None = None
     baseline_units: Literal["subwords", "words"] = "subwords"
+    max_len: Annotated[int, Ge(1)] | None = None
 
     def heatmaps(self, layer: int) -> HeatmapSettings:
         return HeatmapSettings(
@@ -131,11 +132,13 @@ def split_files(
 
 def decode_lines(
     model: Seq2Seq, tokenizer: Tokenizer, train_cfg: dict, sources: list[str], references: list[str],
-    settings: DecodeSettings, progress: bool = True,
+    settings: DecodeSettings, progress: bool = True, max_len: int | None = None,
 ) -> tuple[ParallelDataset, list[list[int]], list[str], dict]:
-    """Decode ``sources`` and score them against ``references``: the encoded pairs, the best
-    hypothesis' ids, the detokenized hypotheses and the sacreBLEU scores."""
-    dataset = encode_for_eval(tokenizer, sources, references, max_len=train_cfg["data"].get("max_len", 128))
+    """Decode ``sources`` and score them against ``references``: the encoded pairs (each side cut
+    at ``max_len`` pieces; ``None``: the training ``data.max_len``), the best hypothesis' ids, the
+    detokenized hypotheses and the sacreBLEU scores."""
+    max_len = max_len or train_cfg["data"].get("max_len", 128)
+    dataset = encode_for_eval(tokenizer, sources, references, max_len=max_len)
     hyp_ids = [h[0].tokens for h in translate_dataset(model, dataset, settings, progress)]
     hypotheses = tokenizer.decode_tgt(hyp_ids)
     return dataset, hyp_ids, hypotheses, corpus_scores(hypotheses, references)
@@ -179,10 +182,27 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     if e.baseline == "eflomal":
         require_eflomal("eval.baseline=eflomal")
+    max_len = e.max_len or train_cfg["data"].get("max_len", 128)
+    positions = getattr(model, "positions", None)  # a Transformer's sinusoid table bounds the length
+    # Sources and references with <s>/</s>; hypotheses up to decode.max_len_ratio * source + 10.
+    longest = max(e.max_len + 2, decode.max_len_ratio * e.max_len + 12) if e.max_len else 0
+    if positions is not None and longest > len(positions):
+        most = min(len(positions) - 2, int((len(positions) - 12) / decode.max_len_ratio))
+        raise ConfigError(f"eval.max_len={e.max_len}: the model has {len(positions)} positions, so at most {most} "
+                          f"pieces per sentence with decode.max_len_ratio={decode.max_len_ratio} (or null: the "
+                          "training data.max_len)")
+    lengths = zip(tokenizer.encode_src(sources), tokenizer.encode_tgt(references))
+    cut = sum(max(len(s), len(t)) > max_len for s, t in lengths)
+    if cut:
+        log.warning("%d of %d sentence pairs have a side longer than %d pieces and are cut there (eval.max_len=%s%s), "
+                    "so their links past it count as missed", cut, len(sources), max_len, e.max_len or "null",
+                    "" if e.max_len else ": the training data.max_len")
     if e.layer == "best" and chosen is None:
         log.warning("eval.layer=best: the validation split has no gold alignments; using the last layer")
 
-    dataset, hyp_ids, hypotheses, scores = decode_lines(model, tokenizer, train_cfg, sources, references, decode)
+    dataset, hyp_ids, hypotheses, scores = decode_lines(
+        model, tokenizer, train_cfg, sources, references, decode, max_len=max_len
+    )
     atomic_write_text(out_dir / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
 
     # Word alignments of each source with its reference, read by the model (teacher-forced).
@@ -217,6 +237,12 @@ def evaluate(cfg: DictConfig) -> dict:
             alignment["aer_baseline"] = round(100 * alignment_error_rate(baseline, gold), 2)
             alignment["baseline"]["scores"] = alignment_scores(baseline, gold)
             alignment["baseline"]["by_length"] = aer_by_length(baseline, gold, sources)
+            # How closely the attention follows eflomal (a guided model's teacher): its links scored
+            # against eflomal's as if they were sure gold.
+            teacher = [(links, links) for links in baseline]
+            alignment["baseline"]["agreement"] = {
+                k: v for k, v in alignment_scores(per_layer[layer], teacher).items() if k in ("precision", "recall")
+            }
     elif e.baseline is not None:
         log.warning("eval.baseline=%s: no gold alignments for %s, so no AER to compare", e.baseline, src_file)
     plots = e.heatmaps(
@@ -239,6 +265,8 @@ def evaluate(cfg: DictConfig) -> dict:
             "search": "greedy" if decode.beam_size == 1 else "beam", "beam_size": decode.beam_size,
             "alpha": decode.alpha, "max_len_ratio": decode.max_len_ratio,
         },
+        "max_len": max_len,
+        "cut_sentences": cut,
         **({"aer": alignment["aer"]} if "aer" in alignment else {}),
         **({"aer_per_layer": alignment["aer_per_layer"]} if "aer" in alignment and len(per_layer) > 1 else {}),
         **({"aer_baseline": alignment["aer_baseline"]} if "aer_baseline" in alignment else {}),
@@ -289,6 +317,9 @@ def evaluate(cfg: DictConfig) -> dict:
             print(f"  {'eflomal':7s} {alignment['aer_baseline']:6.2f}   "
                   f"AER of eflomal (on {e.baseline_units}, both directions, grow-diag-final-and), same gold; "
                   f"{precision_recall(alignment['baseline']['scores'])}")
+            agree = alignment["baseline"]["agreement"]
+            print(f"  {'':7s} {'':6s}   the attention's links against eflomal's: precision {agree['precision']:.2f}, "
+                  f"recall {agree['recall']:.2f}")
         print("  AER by source length (words): " + ", ".join(
             f"{b['words']}: {b['aer']:.2f}" + (f" (eflomal {e['aer']:.2f})" if e else "")
             for b, e in zip(alignment["by_length"], alignment.get("baseline", {}).get("by_length") or repeat(None))
