@@ -173,15 +173,6 @@ def evaluate(cfg: DictConfig) -> dict:
         layer_index(e.layer, probe["cross"].size(1))
     heads, heads_label = alignment_heads(e.heads, train_cfg, probe["cross"].size(2))
     full_context = alignment_full_context(e.full_context, train_cfg, model)
-    if full_context:
-        heads_label += ", full target context"
-    chosen = (
-        best_layer(model, tokenizer, train_cfg, e.align_method, e.align_threshold, decode.batch_tokens, heads,
-                   full_context, e.word_links)
-        if e.layer == "best" else None
-    )
-    if e.baseline == "eflomal":
-        require_eflomal("eval.baseline=eflomal")
     max_len = e.max_len or train_cfg["data"].get("max_len", 128)
     positions = getattr(model, "positions", None)  # a Transformer's sinusoid table bounds the length
     # Sources and references with <s>/</s>; hypotheses up to decode.max_len_ratio * source + 10.
@@ -197,6 +188,15 @@ def evaluate(cfg: DictConfig) -> dict:
         log.warning("%d of %d sentence pairs have a side longer than %d pieces and are cut there (eval.max_len=%s%s), "
                     "so their links past it count as missed", cut, len(sources), max_len, e.max_len or "null",
                     "" if e.max_len else ": the training data.max_len")
+    if full_context:
+        heads_label += ", full target context"
+    chosen = (
+        best_layer(model, tokenizer, train_cfg, e.align_method, e.align_threshold, decode.batch_tokens, heads,
+                   full_context, e.word_links)
+        if e.layer == "best" else None
+    )
+    if e.baseline == "eflomal":
+        require_eflomal("eval.baseline=eflomal")
     if e.layer == "best" and chosen is None:
         log.warning("eval.layer=best: the validation split has no gold alignments; using the last layer")
 
