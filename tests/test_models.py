@@ -7,6 +7,7 @@ import torch
 
 from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from attnmt.models.base import Seq2Seq, select_batch
+from attnmt.search import beam_search, greedy_search
 
 from conftest import MODELS, build_tiny_model
 
@@ -119,6 +120,58 @@ def test_state_reordering_follows_the_batch(model):
         logits_r, _, _ = model.decode_step(enc_r, state_r, tgt[index, 3])
         full = model(src[index], mask[index], tgt[index])
     torch.testing.assert_close(logits_r, full[:, 3], atol=1e-5, rtol=1e-5)
+
+
+def test_transformer_masks_suit_the_cuda_attention_kernels(monkeypatch):
+    """CUDA's fused attention kernels reject a mask whose last (key) dimension is broadcast, e.g. a
+    ``(1, 1)`` mask over ``S`` keys ("last dimension must be contiguous"; the CPU accepts it). Every
+    mask the Transformer hands to ``scaled_dot_product_attention`` is None or has that dimension in
+    memory: encoding, teacher-forced decoding (causal and full-context) and incremental decoding."""
+    sdpa, seen = torch.nn.functional.scaled_dot_product_attention, []
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        if attn_mask is not None:
+            full = attn_mask.expand(q.size(0), q.size(1), q.size(2), k.size(2))  # (B, H, T, S)
+            seen.append((tuple(full.shape), full.stride(-1)))
+        else:
+            seen.append((None, 1))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model = build_tiny_model("transformer", V)
+    src, mask = random_batch([6, 9, 4])
+    tgt = random_targets(3, 7)
+    with torch.no_grad():
+        enc = model.encode(src, mask)
+        model.decode(enc, tgt)
+        model.decode(enc, tgt, full_context=True)
+        state = model.init_state(enc)
+        for t in range(4):
+            _, state, _ = model.decode_step(enc, state, tgt[:, t])
+    layers = 2 * len(model.decoder)  # self- and cross-attention per decoder layer
+    assert len(seen) == len(model.encoder) + 2 * layers + 4 * layers
+    assert [shape for shape, stride in seen if stride != 1 and shape[-1] > 1] == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="decoding on a GPU needs a CUDA device; none here")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_transformer_decoding_on_cuda_equals_the_cpu(dtype):
+    """The Transformer's greedy and beam search run on a CUDA device in fp32 and under bf16 autocast
+    (CUDA's attention kernels, not the CPU's); in fp32 they choose the CPU's tokens with its scores."""
+    model = build_tiny_model("transformer", V)
+    src, mask = random_batch([6, 9, 4, 7])
+    cpu_greedy, cpu_beam = greedy_search(model, src, mask), beam_search(model, src, mask, 3, 0.6, 1.5)
+    gpu, src, mask = model.cuda(), src.cuda(), mask.cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        greedy, beam = greedy_search(gpu, src, mask), beam_search(gpu, src, mask, 3, 0.6, 1.5)
+        beam_1 = beam_search(gpu, src, mask, 1, 0.0, 1.5)
+    assert len(greedy) == len(beam) == len(beam_1) == 4
+    assert [h[0].tokens for h in beam_1] == [h.tokens for h in greedy]  # beam 1 is greedy, on the GPU too
+    if dtype == torch.float32:
+        assert [h.tokens for h in greedy] == [h.tokens for h in cpu_greedy]
+        assert [h[0].tokens for h in beam] == [h[0].tokens for h in cpu_beam]
+        for a, b in zip(beam, cpu_beam):
+            assert a[0].score == pytest.approx(b[0].score, abs=1e-4)
 
 
 @pytest.mark.parametrize("tie", [True, False])

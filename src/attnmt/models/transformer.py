@@ -44,10 +44,12 @@ class MultiHeadAttention(nn.Module):
         return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
 
     def forward(
-        self, query: Tensor, k: Tensor, v: Tensor, mask: Tensor, need_weights: bool = False
+        self, query: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         """``query`` ``(B, T, D)``; ``k``, ``v`` already projected ``(B, H, S, d_k)``;
-        ``mask`` broadcastable to ``(B, H, T, S)``, True where attending is allowed.
+        ``mask`` broadcastable to ``(B, H, T, S)``, True where attending is allowed, or None
+        (every key visible). CUDA's attention kernels need the mask's last dimension in memory:
+        ``(B, 1, 1, S)`` or ``(T, S)``, never a size-1 last dimension broadcast over ``S``.
         Returns ``(B, T, D)`` and, if asked, the weights ``(B, H, T, S)``."""
         q = self.split_heads(self.q_proj(query))  # (B, H, T, d_k)
         p = self.dropout if self.training else 0.0
@@ -55,7 +57,9 @@ class MultiHeadAttention(nn.Module):
         # CPU with the fast kernels on: SDPA falls back to these same steps there, with a slower mask.
         if need_weights or (p > 0.0 and q.device.type == "cpu" and ops.enabled()):
             scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T, S)
-            weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # (B, H, T, S)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = torch.softmax(scores, dim=-1)  # (B, H, T, S)
             out = ops.dropout(weights, p) @ v  # (B, H, T, d_k)
         else:
             weights = None
@@ -110,7 +114,7 @@ class DecoderLayer(nn.Module):
         self.dropout = ops.Dropout(dropout)
 
     def forward(
-        self, x: Tensor, self_mask: Tensor, cross_kv: tuple[Tensor, Tensor], cross_mask: Tensor,
+        self, x: Tensor, self_mask: Tensor | None, cross_kv: tuple[Tensor, Tensor], cross_mask: Tensor,
         past_kv: tuple[Tensor, Tensor] | None = None, need_weights: bool = False,
     ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None, Tensor | None]:
         """``x`` ``(B, T, D)``; ``past_kv`` the cached self-attention keys/values of earlier steps
@@ -240,7 +244,7 @@ class Transformer(Seq2Seq):
     def decode_step(self, enc: State, state: State, prev: Tensor, need_attention: bool = False):
         t = state["self_k.0"].size(2)
         x = self.embed(self.tgt_embed, prev.unsqueeze(1), offset=t)  # (B, 1, D)
-        self_mask = torch.ones(1, 1, dtype=torch.bool, device=x.device)  # the prefix is all visible
+        self_mask = None  # the new position reads the whole prefix, itself included
         cross_mask = enc["src_mask"][:, None, None, :]
         new_state, w_cross = dict(state), []
         for i, layer in enumerate(self.decoder):
