@@ -244,7 +244,8 @@ def test_attention_links_average_only_the_heads_asked_for(monkeypatch):
     class Data:
         src = [[10, 11, 2]]
 
-    links = {heads: alignment.attention_links(None, Tokens(), Data(), [(0, [20, 21])], heads=heads)[0][0]
+    model = torch.nn.Linear(1, 1)  # stands in for the model: only its device is read
+    links = {heads: alignment.attention_links(model, Tokens(), Data(), [(0, [20, 21])], heads=heads)[0][0]
              for heads in (1, None)}
     assert links == {1: {(0, 0), (0, 1)}, None: {(1, 0), (1, 1)}}
 

@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 from xml.etree import ElementTree
 
 import pytest
+import torch
 
 from attnmt.evaluation import evaluate
 
@@ -43,7 +44,8 @@ def test_beam_evaluation_writes_reproducible_scores_aer_heatmaps_and_index(train
     results = evaluate(cfg)
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
-    assert saved["decoding"] == {"search": "beam", "beam_size": 5, "alpha": 0.6, "max_len_ratio": 1.5}
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"  # decode.device=auto
+    assert saved["decoding"] == {"search": "beam", "beam_size": 5, "alpha": 0.6, "max_len_ratio": 1.5, "device": device}
 
     # The sacrebleu command on the written files gives the reported figures.
     for metric in ("bleu", "chrf", "ter"):
@@ -86,6 +88,27 @@ def test_greedy_evaluation_of_valid_equals_the_logged_validation_bleu(name, trai
                  f"decode.batch_tokens={train_cfg.data.max_tokens}"]
     results = evaluate(compose_config("evaluate", overrides, tmp_path))
     assert results["bleu"]["score"] == pytest.approx(best_val_bleu, abs=1e-4)  # logged as float32
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="decode.device=cuda needs a CUDA device; none here")
+@pytest.mark.parametrize("name", ["rnn_bahdanau", "transformer"])
+def test_evaluation_on_cuda_equals_the_cpu(name, trained_runs, tmp_path):
+    """decode.device=cuda: the model, its search and the alignments run on the GPU (fp32) and give
+    the CPU's hypotheses, BLEU and AER (cuDNN's RNN may use TF32: a near tie can flip a few words)."""
+    _, run_dir, _ = trained_runs[1][name]
+    results = {
+        device: evaluate(compose_config("evaluate", [
+            f"ckpt={run_dir}", "decode.beam_size=3", "eval.num_plots=1", "eval.formats=[png]",
+            f"decode.device={device}"], tmp_path / device))
+        for device in ("cpu", "cuda")
+    }
+    assert results["cuda"]["decoding"]["device"] == "cuda:0" and results["cpu"]["decoding"]["device"] == "cpu"
+    lines = {device: (tmp_path / device / "hypotheses.txt").read_text().splitlines() for device in results}
+    same = sum(a == b for a, b in zip(lines["cuda"], lines["cpu"]))
+    assert len(lines["cuda"]) == len(lines["cpu"]) == 200 and same >= 0.95 * 200, same
+    assert results["cuda"]["bleu"]["score"] == pytest.approx(results["cpu"]["bleu"]["score"], abs=1.0)
+    assert results["cuda"]["aer"] == pytest.approx(results["cpu"]["aer"], abs=1.0)
 
 
 @pytest.mark.slow

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pytest
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from attnmt.average import AverageSettings
@@ -163,6 +164,7 @@ ACCEPTED = {
     ("attnmt-translate", "ckpt"), ("attnmt-translate", "input"),
     ("attnmt-average", "ckpt"), ("attnmt-average", "out"),
     ("attnmt-export", "ckpt"), ("attnmt-export", "out"), ("attnmt-serve", "ckpt"), ("attnmt-serve", "host"),
+    ("attnmt-translate", "device"),  # any text types; decode_device names a wrong one (entry-point cases below)
 }
 
 
@@ -360,6 +362,11 @@ def run(args: list[str], cwd: Path, stdin: bytes = b"") -> subprocess.CompletedP
     (["evaluate.py", "ckpt=/nonexistent/run", "eval.formats=[png,gif]"],
      "error: eval.formats=['png', 'gif'] holds 'gif'"),
     (["evaluate.py"], "error: ckpt is required"),
+    (["evaluate.py", "ckpt=/nonexistent/run", "decode.device=tpu"],
+     "error: decode.device=tpu: expected auto, cpu, cuda or cuda:N"),
+    pytest.param(["evaluate.py", "ckpt=/nonexistent/run", "decode.device=cuda"],
+                 "error: decode.device=cuda: no CUDA device is visible here; use decode.device=cpu (or auto)",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible here")),
 ])
 def test_hydra_entry_points_refuse_wrong_values(args, expected, tmp_path):
     script, *rest = args
@@ -374,6 +381,8 @@ def test_hydra_entry_points_refuse_wrong_values(args, expected, tmp_path):
     (["attnmt-translate", "ckpt=/nonexistent/run", "alpha=abc"], b"a b\n", "error: alpha=abc is not a number"),
     (["attnmt-translate", "ckpt=/nonexistent/run"], b"good line\ncaf\xe9\n",
      "error: <stdin>: line 2 is not valid UTF-8"),
+    (["attnmt-translate", "ckpt=/nonexistent/run", "device=gpu"], b"a b\n",
+     "error: device=gpu: expected auto, cpu, cuda or cuda:N"),
     (["attnmt-average", "ckpt=/nonexistent/run", "last=0"], b"", "error: last=0 must be >= 1"),
     (["attnmt-compare"], b"", "error: the following arguments are required: folder"),
 ])

@@ -218,12 +218,13 @@ def attention_links(
     lengths = [max(len(dataset.src[i]), len(t) + 1) for i, t in pairs]
     sampler = TokenBucketBatchSampler(lengths, batch_tokens, shuffle=False)
     out: list[list[set[Link]]] | None = None
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for batch in sampler:
-            src = pad([dataset.src[pairs[k][0]] for k in batch])
+            src = pad([dataset.src[pairs[k][0]] for k in batch]).to(device)
             targets = [pairs[k][1] for k in batch]
             attn, _ = forced_attention(model, src, src != PAD_ID, targets, full_context)
-            cross = attn["cross"][:, :, :heads].float().mean(2).numpy()  # (B, L, T, S), averaged over heads
+            cross = attn["cross"][:, :, :heads].float().mean(2).cpu().numpy()  # (B, L, T, S), averaged over heads
             L = cross.shape[1]
             chosen = list(range(L)) if layers is None else [layer_index(x, L) for x in layers]
             if out is None:

@@ -35,7 +35,10 @@ from attnmt.search import Hypothesis, length_penalty
 class ExportedModel:
     """A folder written by ``attnmt-export``: its tokenizer, metadata and a CTranslate2 translator."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", intra_threads: int = 0, inter_threads: int = 1):
+    def __init__(
+        self, path: str | Path, device: str = "cpu", intra_threads: int = 0, inter_threads: int = 1,
+        device_index: int = 0,
+    ):
         ctranslate2 = import_ctranslate2()
         self.path = Path(path)
         self.meta = read_metadata(self.path)
@@ -46,7 +49,8 @@ class ExportedModel:
         self.config = self.meta["config"]
         self.max_len = int(self.meta.get("max_len", 128))
         self.translator = ctranslate2.Translator(
-            str(self.path), device=device, intra_threads=intra_threads, inter_threads=inter_threads
+            str(self.path), device=device, device_index=device_index, intra_threads=intra_threads,
+            inter_threads=inter_threads,
         )
         tok = self.tokenizer
         self.src_vocab = tok.src_pieces(list(range(tok.src_vocab_size)))  # model id -> piece

@@ -36,6 +36,7 @@ from attnmt.models.base import Seq2Seq
 from attnmt.search import forced_attention
 from attnmt.translate import DecodeSettings, translate_dataset
 from attnmt.utils.config import build, check_config
+from attnmt.utils.device import decode_device
 from attnmt.utils.io import atomic_write_text
 from attnmt.utils.schema import NON_EMPTY, Ge, Gt, Le
 
@@ -153,7 +154,10 @@ def evaluate(cfg: DictConfig) -> dict:
 
         return evaluate_exported(cfg, decode, e)
     out_dir = Path(cfg.paths.output_dir)
+    device = decode_device(decode.device)
     model, tokenizer, train_cfg, ckpt_path = load_for_decoding(cfg.ckpt)
+    model.to(device)
+    log.info("Decoding on %s", device)
     src_file, ref_file, gold_file = split_files(train_cfg, cfg.split, cfg.get("src_file"), cfg.get("ref_file"))
     gold_file = Path(e.gold_alignments) if e.gold_alignments else gold_file
 
@@ -163,7 +167,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise DataError(f"{gold_file}: {len(gold)} lines of gold alignments, but {src_file} has {len(sources)} lines")
     model_name = train_cfg["model"]["_target_"].rsplit(".", 1)[-1]
     # Settings that depend on the model are checked before the long work starts.
-    first = torch.tensor([tokenizer.encode_src(sources[:1])[0][:8] + [EOS_ID]])
+    first = torch.tensor([tokenizer.encode_src(sources[:1])[0][:8] + [EOS_ID]], device=device)
     probe, _ = forced_attention(model, first, torch.ones_like(first, dtype=torch.bool), [[]])
     if e.attention not in probe:
         raise ConfigError(f"eval.attention={e.attention}: {model_name} has no {e.attention} attention; "
@@ -263,7 +267,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "hypothesis_file": "hypotheses.txt",
         "decoding": {
             "search": "greedy" if decode.beam_size == 1 else "beam", "beam_size": decode.beam_size,
-            "alpha": decode.alpha, "max_len_ratio": decode.max_len_ratio,
+            "alpha": decode.alpha, "max_len_ratio": decode.max_len_ratio, "device": str(device),
         },
         "max_len": max_len,
         "cut_sentences": cut,

@@ -17,6 +17,7 @@ from attnmt.data.io import read_parallel
 from attnmt.errors import ConfigError, DataError
 from attnmt.heatmaps import write_index
 from attnmt.metrics import corpus_scores
+from attnmt.utils.device import decode_device
 from attnmt.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ def evaluate_exported(cfg, decode, e) -> dict:
     from attnmt.evaluation import split_files
 
     out_dir = Path(cfg.paths.output_dir)
-    exported = ExportedModel(cfg.ckpt)
+    device = decode_device(decode.device)
+    exported = ExportedModel(cfg.ckpt, device=device.type, device_index=device.index or 0)
     tokenizer = exported.tokenizer
     src_file, ref_file, gold_file = split_files(exported.config, cfg.split, cfg.get("src_file"), cfg.get("ref_file"))
     gold_file = Path(e.gold_alignments) if e.gold_alignments else gold_file
@@ -78,7 +80,7 @@ def evaluate_exported(cfg, decode, e) -> dict:
         "reference_file": str(ref_file),
         "hypothesis_file": "hypotheses.txt",
         "decoding": {"search": "greedy" if decode.beam_size == 1 else "beam", "beam_size": decode.beam_size,
-                     "alpha": decode.alpha, "max_len_ratio": decode.max_len_ratio},
+                     "alpha": decode.alpha, "max_len_ratio": decode.max_len_ratio, "device": str(device)},
         **({"aer": alignment["aer"]} if "aer" in alignment else {}),
         "alignment": alignment,
         "heatmaps": 0,

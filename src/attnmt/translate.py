@@ -35,6 +35,9 @@ class DecodeSettings:
         "help": "padded source tokens per batch (beam search multiplies by beam_size)", "metavar": "N"})
     n_best: Annotated[int, Ge(1), Le("beam_size")] = field(default=1, metadata={
         "help": "hypotheses kept (printed) per sentence, best first", "metavar": "N"})
+    device: str = field(default="auto", metadata={
+        "help": "where to decode: auto (the first CUDA GPU where one is visible, else the CPU), cpu, cuda or cuda:N",
+        "metavar": "DEV"})
 
     @property
     def search(self) -> str:
@@ -75,19 +78,17 @@ def translate_dataset(
 
     sampler = TokenBucketBatchSampler(dataset.lengths(), settings.batch_tokens, shuffle=False)
     out: list[list[Hypothesis] | None] = [None] * len(dataset)
+    device = next(model.parameters()).device  # decode.device: where the caller put the model
     with torch.inference_mode():
         for indices in tqdm(list(sampler), desc="decoding", unit="batch", disable=not progress, file=sys.stderr):
             batch = dataset.collate(indices)
+            src, src_mask = batch["src"].to(device), batch["src_mask"].to(device)  # (B, S)
             if settings.beam_size == 1:
-                hyps = [
-                    [h] for h in greedy_search(
-                        model, batch["src"], batch["src_mask"], settings.max_len_ratio, alpha=settings.alpha
-                    )
-                ]
+                hyps = [[h] for h in greedy_search(model, src, src_mask, settings.max_len_ratio, alpha=settings.alpha)]
             else:
                 hyps = beam_search(
-                    model, batch["src"], batch["src_mask"], settings.beam_size, settings.alpha,
-                    settings.max_len_ratio, n_best=settings.n_best,
+                    model, src, src_mask, settings.beam_size, settings.alpha, settings.max_len_ratio,
+                    n_best=settings.n_best,
                 )
             for i, h in zip(indices, hyps):
                 out[i] = h
@@ -140,15 +141,18 @@ def translate_lines(args: TranslateSettings, settings: DecodeSettings, lines: li
     from attnmt.data.dataset import encode_for_eval
     from attnmt.export import is_exported
     from attnmt.search import Hypothesis
+    from attnmt.utils.device import decode_device
 
+    device = decode_device(settings.device, "device")
     if is_exported(args.ckpt):  # a CTranslate2 export (attnmt-export)
         from attnmt.ct2 import ExportedModel
 
-        exported = ExportedModel(args.ckpt)
+        exported = ExportedModel(args.ckpt, device=device.type, device_index=device.index or 0)
         tokenizer, max_len = exported.tokenizer, exported.max_len
     else:
         exported = None
         model, tokenizer, train_cfg, _ = load_for_decoding(args.ckpt)
+        model.to(device)
         max_len = train_cfg["data"].get("max_len", 128)
     kept = [i for i, line in enumerate(lines) if line.strip()]  # blank lines are not decoded
     nbest: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in lines]
