@@ -377,6 +377,21 @@ def test_hydra_entry_points_refuse_wrong_values(args, expected, tmp_path):
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+def test_decode_device_is_the_one_asked_for_where_it_exists(monkeypatch):
+    from attnmt.utils.device import decode_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a machine with two GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert decode_device("auto") == decode_device("cuda") == torch.device("cuda", 0)
+    assert decode_device("cuda:1") == torch.device("cuda", 1) and decode_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError) as e:
+        decode_device("cuda:2", "device")
+    assert str(e.value) == "device=cuda:2: 2 CUDA device(s) visible here (cuda:0..cuda:1)"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert decode_device("auto") == torch.device("cpu")
+
+
 @pytest.mark.parametrize("args, stdin, expected", [
     (["attnmt-translate", "ckpt=/nonexistent/run", "alpha=abc"], b"a b\n", "error: alpha=abc is not a number"),
     (["attnmt-translate", "ckpt=/nonexistent/run"], b"good line\ncaf\xe9\n",

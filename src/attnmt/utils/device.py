@@ -1,5 +1,5 @@
 """Where decoding runs (``decode.device`` of evaluate.py, ``device=`` of attnmt-translate):
-``auto`` is the first CUDA GPU where one is visible, else the CPU (fairseq's and Joey NMT's habit);
+``auto`` is the current CUDA GPU where one is visible, else the CPU (as fairseq does);
 ``cpu``, ``cuda`` and ``cuda:N`` ask for one. Training's device is Lightning's ``trainer.accelerator``."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def decode_device(name: str, key: str = "decode.device"):
     import torch
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     if name == "cpu":
         return torch.device("cpu")
     match = re.fullmatch(r"cuda(?::(\d+))?", name)
