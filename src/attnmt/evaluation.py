@@ -177,6 +177,8 @@ def evaluate(cfg: DictConfig) -> dict:
         layer_index(e.layer, probe["cross"].size(1))
     heads, heads_label = alignment_heads(e.heads, train_cfg, probe["cross"].size(2))
     full_context = alignment_full_context(e.full_context, train_cfg, model)
+    if e.baseline == "eflomal":
+        require_eflomal("eval.baseline=eflomal")  # before eval.layer=best reads the validation split
     max_len = e.max_len or train_cfg["data"].get("max_len", 128)
     positions = getattr(model, "positions", None)  # a Transformer's sinusoid table bounds the length
     # Sources and references with <s>/</s>; hypotheses up to decode.max_len_ratio * source + 10.
@@ -199,8 +201,6 @@ def evaluate(cfg: DictConfig) -> dict:
                    full_context, e.word_links)
         if e.layer == "best" else None
     )
-    if e.baseline == "eflomal":
-        require_eflomal("eval.baseline=eflomal")
     if e.layer == "best" and chosen is None:
         log.warning("eval.layer=best: the validation split has no gold alignments; using the last layer")
 
