@@ -45,6 +45,20 @@ def test_every_data_config_instantiates(name, tmp_path):
     assert instantiate(cfg.data) is not None
 
 
+@pytest.mark.parametrize("name", options("data_model"))
+def test_every_data_model_config_names_a_data_and_a_model_option(name):
+    """A file that matches no ``${data}_${model}`` pair would silently never be used."""
+    pairs = {f"{d}_{m}" for d in options("data") for m in options("model")}
+    assert name in pairs
+
+
+def test_the_data_model_pairing_applies_to_its_pair_only_and_yields_to_overrides():
+    assert compose_config("train", ["model=transformer"]).data.max_tokens == 512
+    assert compose_config("train", []).data.max_tokens == 2048  # the RNN keeps the data default
+    assert compose_config("train", ["model=transformer", "data.max_tokens=1024"]).data.max_tokens == 1024
+    assert compose_config("train", ["model=transformer", "data=multi30k"]).data.max_tokens == 4096
+
+
 def test_ddp_trainer_config_and_slurm_launcher_compose():
     cfg = compose_config("train", ["trainer=ddp", "trainer.devices=3", "trainer.accelerator=cpu"])
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
