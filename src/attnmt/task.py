@@ -22,7 +22,7 @@ from attnmt.errors import ConfigError
 from attnmt.guided import GuidedAlignment
 from attnmt.metrics import bleu
 from attnmt.models.base import Seq2Seq
-from attnmt.nonfinite import POLICIES, NonFiniteGuard
+from attnmt.nonfinite import POLICIES, NonFiniteGuard, gradient_norm, skips_on_device
 from attnmt.optim import Schedule, prefer_fused
 from attnmt.search import greedy_search
 from attnmt.utils.provenance import hardware, provenance
@@ -65,6 +65,10 @@ class TranslationTask(pl.LightningModule):
             self.guided.check(model)
         self._rng_to_restore: dict | None = None
         self._grad_norm: Tensor | None = None  # this update's gradient norm, for clipping
+        # This update's loss (a non-finite one of its micro-batches, if any), on the device;
+        # judged in on_before_optimizer_step with the gradient norm.
+        self._judged_loss: Tensor | None = None
+        self._sentences = 0
         self._val_outputs: list[tuple[list[int], list[list[int]]]] = []
 
     def loss(self, batch: dict[str, Tensor], label_smoothing: float) -> tuple[Tensor, Tensor]:
@@ -83,18 +87,22 @@ class TranslationTask(pl.LightningModule):
             )
         return loss, (target != PAD_ID).sum()
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss_sum, ntokens = self.loss(batch, self.label_smoothing)
         loss = loss_sum / ntokens
-        # Logged also when not finite: Lightning would otherwise repeat the last value for this step.
-        self.log("train/loss", loss, prog_bar=True, batch_size=int(ntokens))
+        # The batch size for averaging is a Python number the batch carries: nothing is read back
+        # from the device. Logged also when not finite (Lightning would repeat the last value).
+        size = batch_tokens(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
         if self.guided is not None:
-            self.log("train/align_loss", self._align_loss, batch_size=int(ntokens))
+            self.log("train/align_loss", self._align_loss, batch_size=size)
             loss = loss + self.guided.weight * self._align_loss
-        if not torch.isfinite(loss):
-            self.log("train/grad_norm", float("nan"))
-            self.skip_batch(f"loss is {loss.item()}", batch)
-            return None  # Lightning makes no update
+        # A non-finite loss is judged with the gradient norm, on the device, before the update
+        # (on_before_optimizer_step); with gradient accumulation any bad micro-batch counts.
+        judged = loss.detach()
+        if self._judged_loss is not None:  # keep a non-finite one: it spoils the whole update
+            judged = torch.where(torch.isfinite(judged), self._judged_loss, judged)
+        self._judged_loss = judged
         return loss
 
     def setup(self, stage: str) -> None:
@@ -103,25 +111,41 @@ class TranslationTask(pl.LightningModule):
             self.guided.prepare(dm.train_files(), self.tokenizer, dm.spm_cache_dir())
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.guard.poll(self.trainer)  # verdicts of earlier updates that have reached the host
         scheduler = self.lr_schedulers()
         if isinstance(scheduler, Schedule) and scheduler.follows_clock:
             # Rank 0's clock for every process, so that all of them apply the same learning rate.
             scheduler.tick(self.trainer.strategy.broadcast(scheduler.elapsed(), src=0))
+        self._sentences = batch["src"].size(0)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # A finite loss can still overflow in the backward pass; an update with such a gradient
-        # would spoil the weights (and every checkpoint after it). With fp16 the gradient scaler
-        # expects and skips such steps itself.
-        if str(self.trainer.precision).startswith("16"):
+        """The non-finite guard, decided on the device. A finite loss can still overflow in the
+        backward pass; an update with such a gradient would spoil the weights (and every
+        checkpoint after it). With 16-mixed the gradient scaler skips overflowing steps itself
+        (an overflow is routine there), so only the loss is judged."""
+        loss, self._judged_loss = self._judged_loss, None
+        if loss is None:  # no training_step ran (nothing to judge)
             return
-        norm = self.guard.gradient_norm(self.parameters())
-        if norm is None:  # training_step skipped this batch
-            return
-        self.log("train/grad_norm", norm)
+        scaled = str(self.trainer.precision).startswith("16")
+        norm = None if scaled else gradient_norm(self.parameters())
+        if norm is not None:
+            self.log("train/grad_norm", norm)
         self._grad_norm = norm  # reused by configure_gradient_clipping, which Lightning calls next
-        if not torch.isfinite(norm):
-            self.skip_batch(f"gradient norm is {norm.item()}", None)
-            optimizer.zero_grad(set_to_none=True)  # nonfinite=skip: parameters without a gradient are not updated
+        bad = self.guard.record(self.trainer.global_step, self._sentences, loss, norm)
+        if self.guard.policy == "skip":
+            self.log("train/skipped_batches", self.guard.device_count() + self.guard.resumed_skips)
+        if scaled:  # the scaler skips the update; the guard acts when it next polls
+            return
+        if skips_on_device(optimizer):
+            optimizer.found_inf = bad.to(torch.float32)  # the fused step skips itself on the device
+        elif self.guard.settle(self.trainer, bad):  # nonfinite=skip: no parameter has a gradient
+            optimizer.zero_grad(set_to_none=True)
+
+    def on_train_epoch_end(self) -> None:
+        self.guard.poll(self.trainer, wait=True)
+
+    def on_train_end(self) -> None:
+        self.guard.poll(self.trainer, wait=True)
 
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
@@ -148,11 +172,6 @@ class TranslationTask(pl.LightningModule):
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
         else:
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-
-    def skip_batch(self, what: str, batch: dict[str, Tensor] | None) -> None:
-        """A non-finite loss or gradient: the guard stops the run or counts the batch as skipped."""
-        self.guard.trip(self.trainer, what, batch)
-        self.log("train/skipped_batches", float(self.guard.skipped_batches))
 
     @property
     def skipped_batches(self) -> int:
@@ -205,11 +224,12 @@ class TranslationTask(pl.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.guard.poll(self.trainer, wait=True)  # a stopping run writes no checkpoint past its fault
         checkpoint[CHECKPOINT_KEY] = checkpoint_metadata(self)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get(CHECKPOINT_KEY, {})
-        self.guard.skipped_batches = meta.get("skipped_batches", 0)
+        self.guard.resumed_skips = meta.get("skipped_batches", 0)
         # Applied when training starts, after everything else that restoring does.
         self._rng_to_restore = meta.get("rng")
 
@@ -232,3 +252,8 @@ def checkpoint_metadata(task: TranslationTask) -> dict:
         "rng": get_rng_state(),
         "skipped_batches": task.skipped_batches,
     }
+
+
+def batch_tokens(batch: dict) -> int:
+    """Target tokens of a batch without padding (a Python number the collate function counted)."""
+    return batch["num_tgt_tokens"]

@@ -8,6 +8,7 @@ from it by memory map; validation and test splits are small and encoded at each 
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 from pathlib import Path
@@ -61,6 +62,8 @@ class TranslationDataModule(pl.LightningDataModule):
         max_len_ratio: Annotated[float, Ge(1)] | None = None,
         num_proc: NonNegativeInt | None = None,
         spm_sample_size: PositiveInt = 1_000_000,
+        pin_memory: bool | None = None,
+        pad_to_multiple: PositiveInt = 1,
     ):
         super().__init__()
         if max_len + 1 > max_tokens:
@@ -93,6 +96,8 @@ class TranslationDataModule(pl.LightningDataModule):
         self.max_len_ratio = max_len_ratio
         self.num_proc = num_proc
         self.spm_sample_size = spm_sample_size
+        self.pin_memory = pin_memory  # None: where the trainer runs on a CUDA device
+        self.pad_to_multiple = pad_to_multiple
         self.tokenizer: Tokenizer | None = None
         self.stores: list[TokenStore] | None = None
         self.datasets: dict[str, ParallelDataset | TokenStoreDataset] = {}
@@ -235,9 +240,13 @@ class TranslationDataModule(pl.LightningDataModule):
             dataset.lengths(), max_tokens or self.max_tokens, shuffle=shuffle,
             seed=self.seed, num_replicas=world, rank=rank, sort_keys=dataset.sort_keys(),
         )
+        pin = self.pin_memory
+        if pin is None:
+            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        collate = functools.partial(dataset.collate, multiple=self.pad_to_multiple)
         return DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=dataset.collate,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            dataset, batch_sampler=sampler, collate_fn=collate,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=pin,
             # Its own generator: creating an iterator must not draw from the global RNG, or a
             # resumed run's dropout masks would differ from an uninterrupted run's.
             generator=torch.Generator().manual_seed(self.seed),

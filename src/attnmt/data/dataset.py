@@ -37,17 +37,21 @@ class ParallelDataset(Dataset):
             return [(len(s),) for s in self.src]
         return [(max(len(s), len(t) - 1), len(t), len(s)) for s, t in zip(self.src, self.tgt)]
 
-    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        src = pad([self.src[i] for i in indices])
+    def collate(self, indices: list[int], multiple: int = 1) -> dict[str, torch.Tensor | int]:
+        """A padded batch; ``multiple`` rounds the source and target lengths up to a multiple of
+        it (fewer distinct shapes for a compiled model, aligned tiles for tensor cores)."""
+        src = pad([self.src[i] for i in indices], multiple)
         batch = {
             "idx": torch.tensor(indices),
             "src": src,  # (B, S)
             "src_mask": src != PAD_ID,  # (B, S) True on real tokens
         }
         if self.tgt is not None:
-            tgt = pad([self.tgt[i] for i in indices])
+            targets = [self.tgt[i] for i in indices]
+            tgt = pad(targets, multiple, extra=1)
             batch["tgt_in"] = tgt[:, :-1]  # (B, T): <s> y_1 ... y_n
             batch["tgt_out"] = tgt[:, 1:]  # (B, T): y_1 ... y_n </s>
+            batch["num_tgt_tokens"] = sum(len(t) - 1 for t in targets)  # non-padding tgt_out, a Python int
         return batch
 
 
@@ -133,17 +137,18 @@ class TokenStoreDataset(Dataset):
             ids[rows] = np.where(inside, store.tokens[side][positions], PAD_ID)
         return ids, lengths
 
-    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def collate(self, indices: list[int], multiple: int = 1) -> dict[str, torch.Tensor | int]:
+        """As :meth:`ParallelDataset.collate`."""
         idx = np.asarray(indices, dtype=np.int64)
         rows = np.arange(len(idx))
         ids, lengths = self._gather("src", idx)
-        src = np.full((len(idx), ids.shape[1] + 1), PAD_ID, dtype=np.int64)
-        src[:, :-1] = ids
+        src = np.full((len(idx), round_up(ids.shape[1] + 1, multiple)), PAD_ID, dtype=np.int64)
+        src[:, :ids.shape[1]] = ids
         src[rows, lengths] = EOS_ID
         ids, lengths = self._gather("tgt", idx)
-        tgt = np.full((len(idx), ids.shape[1] + 2), PAD_ID, dtype=np.int64)
+        tgt = np.full((len(idx), round_up(ids.shape[1] + 1, multiple) + 1), PAD_ID, dtype=np.int64)
         tgt[:, 0] = BOS_ID
-        tgt[:, 1:-1] = ids
+        tgt[:, 1:ids.shape[1] + 1] = ids
         tgt[rows, lengths + 1] = EOS_ID
         self._release(("tokens", "offsets"))
         src, tgt = torch.from_numpy(src), torch.from_numpy(tgt)
@@ -153,11 +158,20 @@ class TokenStoreDataset(Dataset):
             "src_mask": src != PAD_ID,  # (B, S) True on real tokens
             "tgt_in": tgt[:, :-1],  # (B, T): <s> y_1 ... y_n
             "tgt_out": tgt[:, 1:],  # (B, T): y_1 ... y_n </s>
+            "num_tgt_tokens": int(lengths.sum()) + len(idx),  # non-padding tgt_out, a Python int
         }
 
 
-def pad(seqs: list[list[int]]) -> torch.Tensor:
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), PAD_ID, dtype=torch.long)
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pad(seqs: list[list[int]], multiple: int = 1, extra: int = 0) -> torch.Tensor:
+    """``seqs`` padded with PAD_ID into ``(N, L)``: ``L - extra`` is the longest length less
+    ``extra``, rounded up to a multiple of ``multiple`` (the target's ``extra`` 1 is its ``<s>``,
+    which tgt_in and tgt_out share)."""
+    width = round_up(max(len(s) for s in seqs) - extra, multiple) + extra
+    out = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
     for row, s in enumerate(seqs):
         out[row, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out
