@@ -60,9 +60,13 @@ def stores(tmp_path) -> dict[str, float]:
     return {p.name: (p / "meta.json").stat().st_mtime_ns for p in (tmp_path / "cache").glob("store-*") if p.is_dir()}
 
 
-def test_store_batches_equal_the_in_memory_pipeline(corpus, tmp_path):
+def test_store_batches_equal_the_in_memory_pipeline(corpus, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(store_module, "CHUNK_PAIRS", 100)  # 30 chunks: enough for two processes
+    monkeypatch.setattr(store_module.os, "sched_getaffinity", lambda pid: {0, 1})
     dm = datamodule(tmp_path, corpus, "data.num_proc=2")
-    dm.prepare_data()
+    with caplog.at_level(logging.INFO, logger="attnmt.data.store"):
+        dm.prepare_data()
+    assert "(2 processes)" not in caplog.text and "2 processes):" in caplog.text  # a pool encoded it
     dm.setup("fit")
     train = dm.datasets["train"]
     # The reference: every line encoded in memory and filtered as before the store existed.
@@ -78,7 +82,77 @@ def test_store_batches_equal_the_in_memory_pipeline(corpus, tmp_path):
     assert [tuple(k) for k in train.sort_keys().tolist()] == reference.sort_keys()
     for batch in TokenBucketBatchSampler(reference.lengths(), 300, seed=4, sort_keys=reference.sort_keys()):
         got, want = train.collate(batch), reference.collate(batch)
-        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want if k != "num_tgt_tokens")
+        assert got["num_tgt_tokens"] == want["num_tgt_tokens"] == int((want["tgt_out"] != 0).sum())
+    for multiple in (1, 8):  # lengths padded to a multiple: more padding, the same tokens
+        batch = list(range(0, 40, 3))
+        got, want = train.collate(batch, multiple), reference.collate(batch, multiple)
+        assert all(torch.equal(got[k], want[k]) for k in ("src", "tgt_in", "tgt_out"))
+        assert got["src"].size(1) % multiple == 0 and got["tgt_in"].size(1) % multiple == 0
+        plain = reference.collate(batch)
+        assert torch.equal(got["src"][:, : plain["src"].size(1)], plain["src"])
+        assert torch.equal(got["tgt_out"][:, : plain["tgt_out"].size(1)], plain["tgt_out"])
+        assert got["num_tgt_tokens"] == plain["num_tgt_tokens"] == int((got["tgt_out"] != 0).sum())
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_small_corpus_is_encoded_in_this_process_whatever_num_proc_asks(tmp_path, monkeypatch, caplog, gz):
+    """Starting a process costs about what encoding a chunk does: 16 processes asked for a corpus of
+    a few chunks cost 67 s where one process takes 0.4 s. The pool is sized by the corpus."""
+    corpus = write_corpus(tmp_path / "corpus", "train", 3000, gz=gz)
+    write_corpus(tmp_path / "corpus", "dev", 20, seed=9)
+    src = tmp_path / "corpus" / f"train.de{'.gz' if gz else ''}"
+    assert store_module.estimated_pairs(src) == 3000
+    if not gz:  # from the first 4 KiB alone
+        assert store_module.estimated_pairs(src, sample_bytes=4096) == pytest.approx(3000, rel=0.2)
+    monkeypatch.setattr(store_module.os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert store_module.pool_size(16, src)[0] == 1
+    monkeypatch.setattr(store_module, "CHUNK_PAIRS", 100)  # 30 chunks: 7 processes of 4 chunks or more
+    assert store_module.pool_size(16, src) == (7, "about 30 chunks of 100 pairs: at most one process per 4")
+    assert store_module.pool_size(3, src) == (3, "as asked")
+    assert store_module.pool_size(None, src)[0] == 7
+    monkeypatch.setattr(store_module, "CHUNK_PAIRS", 20_000)
+
+    def no_pool():
+        raise AssertionError("a pool was started for a corpus of one chunk")
+
+    monkeypatch.setattr(store_module, "_worker_context", no_pool)
+    with caplog.at_level(logging.INFO, logger="attnmt.data.store"):
+        datamodule(tmp_path, corpus, "data.num_proc=16").prepare_data()
+    assert "in 1 process (data.num_proc=16" in caplog.text and "1 process):" in caplog.text
+
+
+def test_encoding_processes_do_not_import_the_main_script(tmp_path):
+    """A worker that imported the main script again (``train.py``: Lightning, seconds each) made
+    preparation slower with more processes; the workers import only the store module."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    corpus = write_corpus(tmp_path / "corpus", "train", 400)
+    marker = tmp_path / "imports.txt"
+    script = tmp_path / "main_script.py"
+    script.write_text(
+        "import os, sys\n"
+        f"open({str(marker)!r}, 'a').write(str(os.getpid()) + '\\n')\n"
+        "if __name__ == '__main__':\n"
+        "    from pathlib import Path\n"
+        "    from attnmt.data import store\n"
+        "    from attnmt.data.tokenizer import Tokenizer, train_sentencepiece\n"
+        "    import logging\n"
+        "    logging.basicConfig(level=logging.INFO)\n"
+        "    store.CHUNK_PAIRS, store.CHUNKS_PER_PROCESS = 50, 1\n"
+        "    store.os.sched_getaffinity = lambda pid: {0, 1}\n"
+        f"    src, tgt = Path({corpus!r} + '.de'), Path({corpus!r} + '.en')\n"
+        "    settings = {'vocab_size': 60, 'model_type': 'unigram', 'character_coverage': 1.0}\n"
+        f"    proto = train_sentencepiece(src.read_text().splitlines(), Path({str(tmp_path)!r}), 'joint', settings, [src])\n"
+        f"    print(store.build_store(Path({str(tmp_path / 'store')!r}), src, tgt, Tokenizer(proto), 30, None, 2))\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 processes):" in proc.stderr, proc.stderr[-2000:]
+    assert len(marker.read_text().split()) == 1  # only the main process ran the script
 
 
 def test_cache_hit_then_miss_on_changed_content_or_setting(corpus, tmp_path):

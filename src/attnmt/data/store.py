@@ -31,6 +31,7 @@ import mmap
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 SIDES = ("src", "tgt")
 CHUNK_PAIRS = 20_000  # pairs per unit of work sent to an encoding process
+# An encoding process is started only for at least this many chunks of its own: starting one costs
+# about as much as encoding a chunk or two, so a smaller corpus is encoded faster in this process.
+CHUNKS_PER_PROCESS = 4
 
 
 class InvalidStore(Exception):
@@ -187,12 +191,55 @@ _worker: dict = {}
 
 def _worker_context() -> multiprocessing.context.BaseContext:
     """Encoding workers start from a forkserver that has imported only this module (numpy and
-    sentencepiece, about 0.2 s, once per process): forking the caller itself is unsafe once it
-    runs threads (a logger's upload thread, a progress bar's monitor), since a lock one of them
-    holds at the fork stays locked forever in the child."""
+    sentencepiece, once per process): forking the caller itself is unsafe once it runs threads (a
+    logger's upload thread, a progress bar's monitor), since a lock one of them holds at the fork
+    stays locked forever in the child."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
     return context
+
+
+@contextmanager
+def _workers_skip_main() -> Iterator[None]:
+    """While workers start: hide the main script from multiprocessing, which would otherwise import
+    it again in every worker (``train.py`` imports Lightning: seconds each, all of them competing
+    for the cores). The workers need only this module."""
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__.pop(k) for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        del main.__spec__
+        main.__dict__.update(saved)
+
+
+def estimated_pairs(src_file: Path, sample_bytes: int = 1 << 20) -> int:
+    """The number of lines of ``src_file``, counted in its first ``sample_bytes`` (decompressed)
+    and scaled by the file's size; exact for a file shorter than that."""
+    with open_binary(src_file) as f:
+        sample = f.read(sample_bytes)
+        at_end = not f.read(1)
+        position = _compressed_position(f) if src_file.suffix == ".gz" else len(sample)
+    lines = sample.count(b"\n") + (1 if sample and not sample.endswith(b"\n") and at_end else 0)
+    if at_end or not position:
+        return lines
+    return int(lines * src_file.stat().st_size / position)
+
+
+def pool_size(asked: int | None, src_file: Path) -> tuple[int, str]:
+    """How many encoding processes to use for ``src_file`` when ``asked`` (None: every core), and
+    why: never more than the cores, nor more than the corpus keeps busy; 1 means this process
+    alone (no pool)."""
+    cores = len(os.sched_getaffinity(0))
+    asked = asked or cores
+    chunks = -(-estimated_pairs(src_file) // CHUNK_PAIRS)
+    size = max(1, min(asked, cores, chunks // CHUNKS_PER_PROCESS))
+    if size == asked:
+        return size, "as asked"
+    if size == min(asked, cores):
+        return size, f"{cores} cores"
+    return size, f"about {chunks} chunks of {CHUNK_PAIRS:,} pairs: at most one process per {CHUNKS_PER_PROCESS}"
 
 
 def _init_worker(src_proto: bytes, tgt_proto: bytes | None, config: dict) -> None:
@@ -307,11 +354,15 @@ def build_store(
     max_len_ratio: float | None = None,
     num_proc: int | None = None,
 ) -> dict:
-    """Stream, encode (in ``num_proc`` processes; default: every core), filter and write a corpus
+    """Stream, encode (in up to ``num_proc`` processes, see :func:`pool_size`), filter and write a corpus
     into ``folder``; returns the filter counts. ``meta.json`` is written last."""
     from tqdm.auto import tqdm
 
-    num_proc = num_proc or len(os.sched_getaffinity(0))
+    asked = num_proc
+    num_proc, why = pool_size(asked, src_file)
+    if num_proc != (asked or num_proc):
+        log.info("Encoding %s in %d process%s (data.num_proc=%s; %s)", src_file.name, num_proc,
+                 "" if num_proc == 1 else "es", asked, why)
     token_dtype = token_dtype_for(max(tokenizer.src_vocab_size, tokenizer.tgt_vocab_size))
     length_dtype = np.dtype(np.uint16 if max_len < 1 << 16 else np.uint32)
     config = {
@@ -355,7 +406,9 @@ def build_store(
                 for chunk in chunks:
                     write(_encode_chunk(chunk))
             else:
-                with _worker_context().Pool(num_proc, _init_worker, init_args) as pool:
+                with _workers_skip_main():
+                    pool = _worker_context().Pool(num_proc, _init_worker, init_args)
+                with pool:
                     pending: deque = deque()
                     for chunk in chunks:  # in order, with a bounded number of chunks in flight
                         pending.append(pool.apply_async(_encode_chunk, (chunk,)))
@@ -375,9 +428,9 @@ def build_store(
     if max_len_ratio is not None:
         stats["uneven"] = counts["uneven"]
     log.info(
-        "Prepared %s, %s in %.1f s (%.0f pairs/s, %d processes): %d pairs kept of %d; dropped %d blank or "
+        "Prepared %s, %s in %.1f s (%.0f pairs/s, %d process%s): %d pairs kept of %d; dropped %d blank or "
         "whitespace-only, %d longer than data.max_len=%d subwords%s",
-        src_file, tgt_file, seconds, counts["pairs"] / max(seconds, 1e-9), num_proc, kept, counts["pairs"],
+        src_file, tgt_file, seconds, counts["pairs"] / max(seconds, 1e-9), num_proc, "" if num_proc == 1 else "es", kept, counts["pairs"],
         counts["blank"], counts["too_long"], max_len,
         f", {counts['uneven']} with a length ratio over data.max_len_ratio={max_len_ratio}" if max_len_ratio else "",
     )
