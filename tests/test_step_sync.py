@@ -19,10 +19,10 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import MODELS, compose_config, tiny_overrides  # noqa: E402
-
 from attnmt.task import TranslationTask  # noqa: E402
 from attnmt.training import train  # noqa: E402
+
+from conftest import MODELS, compose_config, tiny_overrides  # noqa: E402
 
 READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
 

@@ -430,7 +430,8 @@ def build_store(
     log.info(
         "Prepared %s, %s in %.1f s (%.0f pairs/s, %d process%s): %d pairs kept of %d; dropped %d blank or "
         "whitespace-only, %d longer than data.max_len=%d subwords%s",
-        src_file, tgt_file, seconds, counts["pairs"] / max(seconds, 1e-9), num_proc, "" if num_proc == 1 else "es", kept, counts["pairs"],
+        src_file, tgt_file, seconds, counts["pairs"] / max(seconds, 1e-9), num_proc, "" if num_proc == 1 else "es",
+        kept, counts["pairs"],
         counts["blank"], counts["too_long"], max_len,
         f", {counts['uneven']} with a length ratio over data.max_len_ratio={max_len_ratio}" if max_len_ratio else "",
     )
