@@ -70,6 +70,7 @@ class TranslationTask(pl.LightningModule):
         self._judged_loss: Tensor | None = None
         self._sentences = 0
         self._val_outputs: list[tuple[list[int], list[list[int]]]] = []
+        self._token_loss = token_loss
 
     def loss(self, batch: dict[str, Tensor], label_smoothing: float) -> tuple[Tensor, Tensor]:
         """Summed token cross-entropy over non-padding targets, and the number of those tokens."""
@@ -77,15 +78,13 @@ class TranslationTask(pl.LightningModule):
             logits, self._align_loss = self.guided.forward(self.model, batch)
         else:
             logits = self.model(batch["src"], batch["src_mask"], batch["tgt_in"])  # (B, T, V)
-        target = batch["tgt_out"]  # (B, T)
-        logits, target = logits.reshape(-1, logits.size(-1)), target.reshape(-1)  # (B*T, V), (B*T,)
-        if ops.enabled():
-            loss = ops.smoothed_cross_entropy(logits, target, label_smoothing, PAD_ID)  # one (B*T, V) buffer
-        else:
-            loss = F.cross_entropy(
-                logits, target, ignore_index=PAD_ID, label_smoothing=label_smoothing, reduction="sum"
-            )
-        return loss, (target != PAD_ID).sum()
+        return self._token_loss(logits, batch["tgt_out"], label_smoothing)
+
+    def compile_step(self, options: dict) -> None:
+        """Run the model's training forward pass and the loss through ``torch.compile(**options)``
+        (``trainer.compile``; see :mod:`attnmt.utils.compiling`)."""
+        self.model.compile_training(**options)
+        self._token_loss = torch.compile(token_loss, **options)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss_sum, ntokens = self.loss(batch, self.label_smoothing)
@@ -252,6 +251,17 @@ def checkpoint_metadata(task: TranslationTask) -> dict:
         "rng": get_rng_state(),
         "skipped_batches": task.skipped_batches,
     }
+
+
+def token_loss(logits: Tensor, target: Tensor, label_smoothing: float) -> tuple[Tensor, Tensor]:
+    """Summed label-smoothed cross-entropy of ``logits`` ``(B, T, V)`` against ``target`` ``(B, T)``
+    over non-padding positions, and the number of those positions."""
+    logits, target = logits.reshape(-1, logits.size(-1)), target.reshape(-1)  # (B*T, V), (B*T,)
+    if ops.enabled():
+        loss = ops.smoothed_cross_entropy(logits, target, label_smoothing, PAD_ID)  # one (B*T, V) buffer
+    else:
+        loss = F.cross_entropy(logits, target, ignore_index=PAD_ID, label_smoothing=label_smoothing, reduction="sum")
+    return loss, (target != PAD_ID).sum()
 
 
 def batch_tokens(batch: dict) -> int:

@@ -53,6 +53,13 @@ class Seq2Seq(nn.Module, ABC):
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         return self.decode(self.encode(src, src_mask), tgt_in)[0]
 
+    def compile_training(self, **options) -> None:
+        """Compile, in place, what a training step runs (``torch.compile(**options)``); parameters,
+        buffers and state-dict keys stay as they are, so checkpoints are the same either way. By
+        default the whole teacher-forced forward pass; a model whose forward pass is a Python loop
+        compiles its step instead."""
+        self.compile(**options)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 

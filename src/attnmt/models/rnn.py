@@ -128,6 +128,13 @@ class RNNSeq2Seq(Seq2Seq):
         and the new state."""
         raise NotImplementedError
 
+    def compile_training(self, **options) -> None:
+        """The recurrence is a Python loop over target positions: compiled whole it would be
+        unrolled, and compiled again for every target length. One step (attention and cell, a few
+        fused kernels instead of dozens of small ones) is compiled instead; the loop, the encoder
+        (cuDNN on a GPU) and the readout (one large product) run as they are."""
+        self.recur = torch.compile(self.recur, **options)
+
     def readout(self, emb: Tensor, **step: Tensor) -> Tensor:
         """Logits ``(B, T, V)`` from the embedded inputs ``(B, T, E)`` and the stacked step tensors."""
         raise NotImplementedError

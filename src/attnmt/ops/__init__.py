@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from attnmt.ops.additive import additive_scores
 from attnmt.ops.cross_entropy import smoothed_cross_entropy
 from attnmt.ops.dropout import Dropout, dropout
@@ -31,8 +33,9 @@ ENABLED = os.environ.get("ATTNMT_PLAIN_OPS", "") in ("", "0")
 
 
 def enabled() -> bool:
-    """Whether the fast kernels run (``ATTNMT_PLAIN_OPS=1`` turns them off; tests set ``ENABLED``)."""
-    return ENABLED
+    """Whether the fast kernels run (``ATTNMT_PLAIN_OPS=1`` turns them off; tests set ``ENABLED``).
+    Inside code that ``torch.compile`` traces, never: the compiler fuses the plain formulation itself."""
+    return ENABLED and not torch.compiler.is_compiling()
 
 
 __all__ = [
