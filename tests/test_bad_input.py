@@ -261,9 +261,10 @@ def test_non_finite_loss_stops_naming_step_and_last_good_checkpoint(corpus, tmp_
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values())
 
 
-def test_non_finite_loss_skipped_and_counted_by_config(corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fused", ["null", "false"])  # skipped on the device, or by reading the verdict
+def test_non_finite_loss_skipped_and_counted_by_config(corpus, tmp_path, monkeypatch, fused):
     poison_steps(monkeypatch, {3, 8})
-    train(nan_config(corpus, tmp_path, "task.nonfinite=skip"))
+    train(nan_config(corpus, tmp_path, "task.nonfinite=skip", f"optimizer.fused={fused}"))
     summary = yaml.safe_load((tmp_path / "summary.yaml").read_text())
     assert summary["skipped_batches"] == 2 and summary["global_step"] == 12
     import csv
