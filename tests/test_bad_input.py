@@ -288,3 +288,13 @@ def test_diverging_learning_rate_stops_with_one_line(corpus, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "step 1: loss is nan" in errors[0] and "task.nonfinite=skip" in errors[0]
     assert not (tmp_path / "out" / "summary.yaml").exists()
+
+
+def test_trainer_gpu_without_a_gpu_is_one_line_before_any_work(monkeypatch, tmp_path):
+    from attnmt.errors import ConfigError
+    from attnmt.training import check_train_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_config("train", ["trainer=gpu"], tmp_path)
+    with pytest.raises(ConfigError, match=r"^trainer.accelerator=gpu: no CUDA GPU is visible here; train on the CPU"):
+        check_train_config(cfg)

@@ -87,6 +87,15 @@ def check_train_config(cfg: DictConfig) -> None:
         compile_options(checked.trainer.pop("compile", None))  # ours too: a torch.compile mode
     check_config(checked)
     check_logger_packages(cfg.get("logger"))
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"trainer.accelerator={accelerator}: no CUDA GPU is visible here; "
+                "train on the CPU with trainer=cpu (or trainer.accelerator=cpu)"
+            )
 
 
 def build_run(
