@@ -1,4 +1,4 @@
-"""``trainer.compile``: the compiled training step computes what the eager one does, and what it
+"""``task.compile``: the compiled training step computes what the eager one does, and what it
 saves is the same (no wrapper prefix in the state dict); batch lengths padded to a multiple change
 no loss."""
 
@@ -24,15 +24,15 @@ def test_compile_values():
     assert compile_options(False) is None and compile_options(None) is None
     assert compile_options(True) == {"dynamic": True}
     assert compile_options("max-autotune") == {"dynamic": True, "mode": "max-autotune"}
-    with pytest.raises(ConfigError, match=r"^trainer.compile='fast' must be false, true or one of default, "):
+    with pytest.raises(ConfigError, match=r"^task.compile='fast' must be false, true or one of default, "):
         compile_options("fast")
 
 
 def test_compile_is_checked_before_any_work(tiny_data_dir, tmp_path):
     from attnmt.training import check_train_config
 
-    cfg = compose_config("train", tiny_overrides(tiny_data_dir) + ["trainer.compile=fast"], tmp_path)
-    with pytest.raises(ConfigError, match="trainer.compile='fast'"):
+    cfg = compose_config("train", tiny_overrides(tiny_data_dir) + ["task.compile=fast"], tmp_path)
+    with pytest.raises(ConfigError, match="task.compile='fast'"):
         check_train_config(cfg)
 
 
@@ -72,7 +72,7 @@ def test_padding_lengths_to_a_multiple_changes_no_loss(tiny_data_dir, tmp_path):
 @pytest.mark.parametrize("model", MODELS)
 def test_compiled_training_equals_eager_and_saves_the_same_keys(model, tiny_data_dir, tmp_path):
     eager, eager_state = run(tiny_data_dir, tmp_path / "eager", model)
-    compiled, compiled_state = run(tiny_data_dir, tmp_path / "compiled", model, "trainer.compile=true",
+    compiled, compiled_state = run(tiny_data_dir, tmp_path / "compiled", model, "task.compile=true",
                                    "data.pad_to_multiple=8")
     assert list(compiled_state) == list(eager_state) and not any("_orig_mod" in k for k in compiled_state)
     assert len(compiled) == 5 and compiled == pytest.approx(eager, rel=2e-3)

@@ -158,6 +158,22 @@ def test_every_experiment_composes_and_builds(name, tmp_path):
     cfg = compose_config("train", [f"experiment={name}"], tmp_path)
     dm = instantiate(cfg.data)
     model = build_model(cfg.model, 100, 100, joint_vocab=True)
-    assert isinstance(model, Seq2Seq) and instantiate(cfg.trainer, logger=False, callbacks=[]) is not None
+    assert isinstance(model, Seq2Seq)
+    if cfg.trainer.accelerator != "gpu" or torch.cuda.is_available():  # a GPU recipe's trainer needs one
+        precision = resolve_precision(cfg.trainer)["used"]
+        assert instantiate(cfg.trainer, logger=False, callbacks=[], precision=precision) is not None
     if name.startswith("encs_alignment"):  # the gold-aligned sentences are trained on (text only) and scored
         assert dm.prefixes["test"] == dm.train_prefixes[1] and dm.train_upsample() == [1, 20]
+
+
+def test_trainer_gpu_brings_the_settings_a_gpu_wants(tmp_path):
+    cfg = compose_config("train", ["trainer=gpu", "data=multi30k"], tmp_path)
+    assert (cfg.trainer.accelerator, cfg.trainer.precision, cfg.task.compile) == ("gpu", "auto", True)
+    data = cfg.data
+    assert (data.max_tokens, data.pad_to_multiple, data.num_workers, data.pin_memory) == (12288, 8, 4, True)
+    assert cfg.callbacks.progress_bar.refresh_rate == cfg.trainer.log_every_n_steps == 50
+    assert cfg.trainer.gradient_clip_val == compose_config("train", []).trainer.gradient_clip_val  # the rest: cpu's
+    assert compose_config("train", ["trainer=gpu", "data.max_tokens=4096"]).data.max_tokens == 4096
+    cpu = compose_config("train", ["data=multi30k"])
+    assert (cpu.task.compile, cpu.data.max_tokens, cpu.data.pad_to_multiple, "progress_bar" in cpu.callbacks) == (
+        False, 4096, 1, False)

@@ -25,6 +25,8 @@ from attnmt.models.base import Seq2Seq
 from attnmt.nonfinite import POLICIES, NonFiniteGuard, gradient_norm, skips_on_device
 from attnmt.optim import Schedule, prefer_fused
 from attnmt.search import greedy_search
+from attnmt.utils.compiling import MODES as COMPILE_MODES
+from attnmt.utils.compiling import compile_options
 from attnmt.utils.provenance import hardware, provenance
 from attnmt.utils.rng import get_rng_state, set_rng_state
 from attnmt.utils.schema import Fraction, PositiveFloat
@@ -47,6 +49,7 @@ class TranslationTask(pl.LightningModule):
         max_len_ratio: PositiveFloat = 1.5,
         nonfinite: Literal["stop", "skip"] = "stop",
         guided_alignment: GuidedAlignment | None = None,
+        compile: bool | Literal[COMPILE_MODES] = False,
     ):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
@@ -71,6 +74,10 @@ class TranslationTask(pl.LightningModule):
         self._sentences = 0
         self._val_outputs: list[tuple[list[int], list[list[int]]]] = []
         self._token_loss = token_loss
+        options = compile_options(compile)
+        if options is not None:  # compiled lazily, at the first step
+            self.compile_step(options)
+            log.info("Training step compiled (task.compile=%s)", compile)
 
     def loss(self, batch: dict[str, Tensor], label_smoothing: float) -> tuple[Tensor, Tensor]:
         """Summed token cross-entropy over non-padding targets, and the number of those tokens."""
@@ -82,7 +89,7 @@ class TranslationTask(pl.LightningModule):
 
     def compile_step(self, options: dict) -> None:
         """Run the model's training forward pass and the loss through ``torch.compile(**options)``
-        (``trainer.compile``; see :mod:`attnmt.utils.compiling`)."""
+        (``task.compile``; see :mod:`attnmt.utils.compiling`)."""
         self.model.compile_training(**options)
         self._token_loss = torch.compile(token_loss, **options)
 

@@ -25,7 +25,6 @@ from attnmt.models import Seq2Seq, build_model
 from attnmt.resume import check_unchanged, find_checkpoints, requeued, resume_checkpoint, save_overrides
 from attnmt.task import TranslationTask
 from attnmt.utils.allocator import keep_freed_memory
-from attnmt.utils.compiling import compile_options
 from attnmt.utils.config import build, check_config
 from attnmt.utils.interrupt import StopOnCtrlC
 from attnmt.utils.io import atomic_write_text
@@ -84,7 +83,6 @@ def check_train_config(cfg: DictConfig) -> None:
     checked = cfg.copy()
     with open_dict(checked):
         checked.trainer.precision = resolve_precision(cfg.trainer)["used"]
-        compile_options(checked.trainer.pop("compile", None))  # ours too: a torch.compile mode
     check_config(checked)
     check_logger_packages(cfg.get("logger"))
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
@@ -122,16 +120,10 @@ def build_run(
     if not cfg.trainer.get("enable_progress_bar", True):  # a configured bar (trainer=gpu) goes with it
         configured = [c for c in configured if not isinstance(c, ProgressBar)]
     loggers = [build(c, f"logger.{k}") for k, c in (cfg.get("logger") or {}).items() if c is not None]
-    trainer_cfg = cfg.trainer.copy()
-    with open_dict(trainer_cfg):
-        compiled = compile_options(trainer_cfg.pop("compile", None))
     trainer: pl.Trainer = build(
-        trainer_cfg, "trainer", callbacks=[*configured, *callbacks], logger=loggers,
+        cfg.trainer, "trainer", callbacks=[*configured, *callbacks], logger=loggers,
         precision=precision or resolve_precision(cfg.trainer)["used"],
     )
-    if compiled is not None:
-        task.compile_step(compiled)
-        log.info("Training step compiled (trainer.compile=%s)", cfg.trainer.get("compile"))
     return datamodule, task, trainer
 
 

@@ -1,4 +1,4 @@
-"""``trainer.compile``: run a training step through ``torch.compile``.
+"""``task.compile``: run the training step through ``torch.compile``.
 
 ``false`` (eager), ``true`` (the compiler's default mode) or a mode name. Shapes are compiled as
 dynamic from the first batch (token-budget batches vary in both sentences and length), so one
@@ -17,11 +17,11 @@ MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagrap
 
 
 def compile_options(value: Any) -> dict | None:
-    """The ``torch.compile`` keyword arguments ``trainer.compile=value`` stands for (None: off)."""
+    """The ``torch.compile`` keyword arguments ``task.compile=value`` stands for (None: off)."""
     if value is None or value is False:
         return None
     if value is True:
         return {"dynamic": True}
     if isinstance(value, str) and value in MODES:
         return {"dynamic": True, "mode": value}
-    raise ConfigError(f"trainer.compile={value!r} must be false, true or one of {', '.join(MODES)}")
+    raise ConfigError(f"task.compile={value!r} must be false, true or one of {', '.join(MODES)}")
