@@ -167,7 +167,6 @@ def run_one(model_name: str, precision: str, compiled: bool, args, peaks: dict) 
 
     from attnmt.models import build_model
     from attnmt.task import TranslationTask
-    from attnmt.utils.compiling import compile_options
     from attnmt.utils.config import build, compose
 
     cuda = args.device == "cuda"
@@ -176,15 +175,13 @@ def run_one(model_name: str, precision: str, compiled: bool, args, peaks: dict) 
     model = build_model(cfg.model, V, V, joint_vocab=True)
     task = TranslationTask(
         model, optimizer=build(cfg.optimizer, "optimizer"), scheduler=build(cfg.scheduler, "scheduler"),
-        label_smoothing=0.1,
+        label_smoothing=0.1, compile=compiled,
     )
     dataset, batches = random_batches(args.max_tokens, args.warmup + args.steps + args.profile_steps + 1)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=lambda idx: dataset.collate(idx, 8),
                         pin_memory=cuda, num_workers=2 if cuda else 0, persistent_workers=False)
     fpt = flops_per_token(task.to(args.device), dataset.collate(batches[0], 8), args.device, precision)
     task.cpu()
-    if compiled:
-        task.compile_step(compile_options(True))
     clock = Clock(args.warmup, args.steps, args.profile_steps if cuda else 0, cuda)
     trainer = pl.Trainer(
         accelerator="gpu" if cuda else "cpu", devices=1, precision=precision, max_steps=len(batches) - 1,
