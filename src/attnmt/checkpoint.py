@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -11,6 +14,7 @@ from attnmt.data.tokenizer import Tokenizer
 from attnmt.errors import CheckpointError
 from attnmt.models import Seq2Seq, build_model
 from attnmt.task import CHECKPOINT_KEY
+from attnmt.utils.trust import check_stored_targets
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +35,32 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+TRUST_ENV = "ATTNMT_TRUST_CHECKPOINTS"
+
+
+def trusted() -> bool:
+    """Whether the user said the checkpoints they load are theirs (``ATTNMT_TRUST_CHECKPOINTS=1``):
+    then files holding more than tensors and plain data (checkpoints written before attnmt stored
+    its random states as plain lists) load as pickles, which can run code."""
+    return os.environ.get(TRUST_ENV, "") == "1"
+
+
 def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents, unpickled as data only (``weights_only=True``: tensors, numbers,
+    strings, lists, dicts) unless :func:`trusted`; a file that holds anything else is refused in
+    one line, before any of it runs."""
     try:
-        # weights_only=False: Lightning checkpoints hold callback and loop state beside the
-        # tensors. Only load checkpoints you trust.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trusted())
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"{path}: not a readable checkpoint (UnpicklingError: {str(e)[:120]})") from None
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"it names {found.group(1)[:100]}" if found else "objects other than tensors and plain data"
+        raise CheckpointError(
+            f"{path}: holds more than tensors and plain data ({what}); attnmt does not unpickle that, since "
+            "loading it could run code. If the file is yours (checkpoints written before attnmt kept its random "
+            f"states as plain lists hold numpy arrays), load it with {TRUST_ENV}=1"
+        ) from None
     except Exception as e:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
@@ -79,6 +104,9 @@ def load_for_decoding(path: str | Path) -> tuple[Seq2Seq, Tokenizer, dict, Path]
         raise CheckpointError(
             f"{path}: damaged '{CHECKPOINT_KEY}' entry ({type(e).__name__}: {str(e)[:120]})"
         ) from None
+    check_stored_targets(config["model"], "model", str(path))  # before anything it names is imported
+    if "data" in config:
+        check_stored_targets(config["data"], "data", str(path))
     model = build_model(config["model"], tokenizer.src_vocab_size, tokenizer.tgt_vocab_size, tokenizer.joint)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     check_weights(path, model.state_dict(), state, tokenizer)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from attnmt.errors import CheckpointError, ConfigError
+from attnmt.utils.trust import check_stored_targets
 
 METADATA = "attnmt.json"
 FORMAT = "attnmt-ctranslate2"
@@ -73,9 +74,19 @@ def is_exported(path: str | Path) -> bool:
 
 
 def read_metadata(path: str | Path) -> dict:
-    meta = json.loads((Path(path) / METADATA).read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}/{METADATA}: not an attnmt CTranslate2 export (format {meta.get('format')!r})")
+    file = Path(path) / METADATA
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: not readable as JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{file}: not an attnmt CTranslate2 export (format {found!r})")
+    config = meta.get("config")
+    if isinstance(config, dict):  # only its data node is ever built (to find the splits)
+        for key in ("model", "data"):
+            if key in config:
+                check_stored_targets(config[key], key, str(file))
     return meta
 
 

@@ -56,6 +56,13 @@ def resume_argv(argv: list[str]) -> list[str]:
             f"resume={run_dir}: not a training run folder (expected config.yaml and .hydra/overrides.yaml in it)"
         )
     saved = yaml.safe_load(overrides_file.read_text(encoding="utf-8")) or []
+    for o in saved:  # the folder is data: it may hold settings, never code to run
+        if not isinstance(o, str) or "_target_" in o:
+            raise ConfigError(
+                f"resume={run_dir}: {overrides_file} holds {str(o)[:80]!r}, which names a _target_ (a function "
+                "to call); a resumed run takes only settings from its folder: remove that line, or give the "
+                "override on the command line yourself"
+            )
     saved = [o for o in saved if not o.startswith(("resume=", "hydra.run.dir="))]
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
     choices = (yaml.safe_load(hydra_file.read_text(encoding="utf-8")) or {}).get("hydra", {}).get(

@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from attnmt.checkpoint import trusted
 from attnmt.data.datamodule import TranslationDataModule
 from attnmt.errors import ConfigError
 from attnmt.loggers import check_logger_packages
@@ -168,7 +169,8 @@ def train(cfg: DictConfig) -> float | None:
     interrupted = None
     with StopOnCtrlC(trainer) as ctrl_c:
         try:
-            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+            # A checkpoint of this run (read_checkpoint above refused anything but data unless trusted).
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trusted())
         except SIGTERMException:  # SIGTERM, or a first Ctrl-C: stopped between two steps, saved
             interrupted = signal.SIGINT if ctrl_c.received else signal.SIGTERM
     elapsed = time.perf_counter() - start
