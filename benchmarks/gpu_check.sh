@@ -15,6 +15,17 @@ OUT=${2:-outputs/gpu_check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 
+# A machine whose Python lacks attnmt's pure-Python dependencies (hydra-core, omegaconf, antlr4) can
+# take them as wheels in .whl/ (pip download --no-deps hydra-core omegaconf antlr4-python3-runtime==4.9.3).
+if ! python3 -c "import hydra, omegaconf" 2>/dev/null; then
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        python3 -m pip install -q --no-index --no-deps --target /tmp/attnmt-site .whl/*.whl || exit 1
+        export PYTHONPATH="$PYTHONPATH:/tmp/attnmt-site"
+    else
+        echo "hydra-core is not installed: pip install -e . (or put its wheels in .whl/)"; exit 1
+    fi
+fi
+
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 
