@@ -115,8 +115,10 @@ def test_killed_run_resumes_with_the_same_losses(small_corpus, uninterrupted, tm
 
     if moment == "after_second_checkpoint":
         resumed = run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}"], tmp_path)
-    else:  # the killer callback is part of the run's command line: disarm it
-        cmd = [sys.executable, str(ROOT / "train.py"), f"resume={run_dir}", "callbacks.kill.step=-1"]
+    else:  # the killer callback is part of the run's command line: disarm it (its _target_ is code: a
+        # resume takes it only from the user's own command line)
+        cmd = [sys.executable, str(ROOT / "train.py"), f"resume={run_dir}", "+callbacks.kill._target_=killer.KillAt",
+               "callbacks.kill.step=-1"]
         resumed = subprocess.run(
             cmd, cwd=tmp_path, env=with_killer(tmp_path), capture_output=True, text=True, timeout=600
         )
@@ -241,7 +243,8 @@ def test_killed_guided_run_resumes_with_the_same_translation_and_alignment_losse
     env = with_killer(tmp_path)
     status = subprocess.run(killed, cwd=tmp_path, env=env, capture_output=True, timeout=600).returncode
     assert status == -signal.SIGKILL
-    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}", "callbacks.kill.step=-1"],
+    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}",
+                              "+callbacks.kill._target_=killer.KillAt", "callbacks.kill.step=-1"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     step_at_kill = int(re.search(r"\(step (\d+), epoch", resumed.stdout)[1])

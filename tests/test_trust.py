@@ -91,6 +91,10 @@ def test_a_run_folder_whose_overrides_name_a_function_is_refused_on_resume(tmp_p
     with pytest.raises(ConfigError, match=r"names a _target_ \(a function to call\); a resumed run takes only"):
         resume_argv(["train.py", f"resume={run}"])
     assert not marker.exists()
+    monkeypatch.delenv(_REWRITTEN, raising=False)
+    argv = resume_argv(["train.py", f"resume={run}", evil])  # the user's own command line: their call
+    assert argv.count(evil) == 1 and "model=transformer" in argv
+    monkeypatch.delenv(_REWRITTEN, raising=False)
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["model=transformer"]))
     assert "model=transformer" in resume_argv(["train.py", f"resume={run}"])  # settings are fine
 

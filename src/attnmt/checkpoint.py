@@ -52,14 +52,14 @@ def read_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trusted())
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"{path}: not a readable checkpoint (UnpicklingError: {str(e)[:120]})") from None
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"it names {found.group(1)[:100]}" if found else "objects other than tensors and plain data"
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found is None:  # not a pickle it could read at all: garbage, truncated, another format
+            raise CheckpointError(f"{path}: not a readable checkpoint (UnpicklingError)") from None
         raise CheckpointError(
-            f"{path}: holds more than tensors and plain data ({what}); attnmt does not unpickle that, since "
-            "loading it could run code. If the file is yours (checkpoints written before attnmt kept its random "
-            f"states as plain lists hold numpy arrays), load it with {TRUST_ENV}=1"
+            f"{path}: holds more than tensors and plain data (it names {found.group(1)[:100]}); attnmt does "
+            "not unpickle that, since loading it could run code. If the file is yours (checkpoints written "
+            "before attnmt kept its random states as plain lists hold numpy arrays), load it with "
+            f"{TRUST_ENV}=1"
         ) from None
     except Exception as e:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:120]})") from None

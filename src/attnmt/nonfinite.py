@@ -36,7 +36,7 @@ def gradient_norm(parameters) -> Tensor | None:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return None
-    return torch.nn.utils.get_total_norm(grads, 2.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:

@@ -56,14 +56,16 @@ def resume_argv(argv: list[str]) -> list[str]:
             f"resume={run_dir}: not a training run folder (expected config.yaml and .hydra/overrides.yaml in it)"
         )
     saved = yaml.safe_load(overrides_file.read_text(encoding="utf-8")) or []
-    for o in saved:  # the folder is data: it may hold settings, never code to run
-        if not isinstance(o, str) or "_target_" in o:
+    # The folder is data: it may hold settings, never code to run. An override that names a
+    # _target_ (a function to call) is taken only from the user's own command line.
+    for o in saved:
+        if not isinstance(o, str) or ("_target_" in o and o not in argv[1:]):
             raise ConfigError(
                 f"resume={run_dir}: {overrides_file} holds {str(o)[:80]!r}, which names a _target_ (a function "
-                "to call); a resumed run takes only settings from its folder: remove that line, or give the "
-                "override on the command line yourself"
+                "to call); a resumed run takes only settings from its folder: remove that line, or, if you "
+                "trust it, give that override on the command line yourself"
             )
-    saved = [o for o in saved if not o.startswith(("resume=", "hydra.run.dir="))]
+    saved = [o for o in saved if not o.startswith(("resume=", "hydra.run.dir=")) and o not in argv[1:]]
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
     choices = (yaml.safe_load(hydra_file.read_text(encoding="utf-8")) or {}).get("hydra", {}).get(
         "runtime", {}).get("choices", {}) if hydra_file.is_file() else {}
