@@ -17,7 +17,7 @@ from attnmt.errors import ConfigError  # noqa: E402
 from attnmt.training import train  # noqa: E402
 from attnmt.utils.compiling import compile_options  # noqa: E402
 
-from conftest import MODELS, compose_config, tiny_overrides  # noqa: E402
+from conftest import compose_config, tiny_overrides  # noqa: E402
 
 
 def test_compile_values():
@@ -69,7 +69,7 @@ def test_padding_lengths_to_a_multiple_changes_no_loss(tiny_data_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", ["rnn_bahdanau", "transformer"])  # Luong's step compiles as Bahdanau's does
 def test_compiled_training_equals_eager_and_saves_the_same_keys(model, tiny_data_dir, tmp_path):
     eager, eager_state = run(tiny_data_dir, tmp_path / "eager", model)
     compiled, compiled_state = run(tiny_data_dir, tmp_path / "compiled", model, "task.compile=true",
