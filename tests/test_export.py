@@ -105,7 +105,10 @@ def test_float32_greedy_equals_pytorch_greedy(decoded):
 def test_beam_bleu_of_the_exports(decoded):
     bleu = decoded.bleu
     assert bleu["torch", 5] > 20  # the model learned enough for the comparison to mean something
-    assert abs(bleu["float32", 5] - bleu["torch", 5]) <= 0.3, bleu
+    # The two beam searches break near-ties apart (greedy, above, agrees sentence by sentence): the
+    # shared tiny model gave 0.44 on an Intel Xeon (AVX-512) machine, under 0.3 on an AMD EPYC one,
+    # with the same code and seed. A broken converter is tens of points off.
+    assert abs(bleu["float32", 5] - bleu["torch", 5]) <= 0.5, bleu
     assert abs(bleu["int8", 5] - bleu["float32", 5]) <= 1.0, bleu
 
 
