@@ -25,13 +25,14 @@ pytest.importorskip("httpx", reason="Starlette's test client needs httpx (in the
 from starlette.testclient import TestClient
 
 from attnmt.serve import ServeSettings, create_app, load_backend
+from attnmt.serve_http import uvicorn_config
 
 
 @pytest.fixture(scope="module", params=["pytorch", "ctranslate2"])
 def served(request, exported_transformer, tiny_data_dir):
     run_dir, folders = exported_transformer
     ckpt = str(run_dir if request.param == "pytorch" else folders["float32"])
-    with TestClient(create_app(load_backend(ckpt), ServeSettings(ckpt=ckpt))) as client:
+    with TestClient(create_app(load_backend(ckpt), ServeSettings(ckpt=ckpt)), base_url="http://localhost") as client:
         yield ckpt, client, (tiny_data_dir / "test.en").read_text().splitlines()
 
 
@@ -71,16 +72,20 @@ def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(served):
         b'{"text": ["a"], "beam_size": 2.5}', b'{"text": ["a"], "attention": "yes"}', b'{"text": ["a"], "colour": 1}',
         json.dumps({"text": ["a"] * 65}).encode(), json.dumps({"text": ["a " * 600]}).encode(),
         json.dumps({"text": ["a\nb"]}).encode(), b"\xff\xfe", b"x" * 300_000,
+        b'{"text": ["a \\ud800 b"]}', b'{"text": ["a"], "beam_size": ' + b"9" * 5000 + b"}",
+        b"[" * 50_000 + b"]" * 50_000, json.dumps({"text": ["a " * 400] * 20, "beam_size": 16}).encode(),
     ]
     for body in bad:
-        reply = client.post("/translate", content=body)
+        reply = client.post("/translate", content=body, headers={"Content-Type": "application/json"})
         assert 400 <= reply.status_code < 500, (body[:40], reply.status_code)
         reason = reply.json()["error"]
         assert reason and "\n" not in reason
         good = client.post("/translate", json={"text": sentences[:1], "beam_size": 1})
         assert good.status_code == 200 and good.json()["translations"][0]
     assert client.get("/health").json()["status"] == "ok"
-    assert client.get("/metadata").json()["languages"] == {"source": "en", "target": "syn"}
+    metadata = client.get("/metadata").json()
+    assert metadata["languages"] == {"source": "en", "target": "syn"}
+    assert not any("/" in str(metadata.get(k, "")) for k in ("checkpoint", "export")), metadata  # names, not paths
 
 
 @pytest.mark.slow
@@ -101,9 +106,7 @@ def live_server(exported_transformer):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     settings = ServeSettings(ckpt=str(run_dir), port=port, batch_wait_ms=200)
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(load_backend(settings.ckpt), settings), host="127.0.0.1", port=port, log_level="warning"
-    ))
+    server = uvicorn.Server(uvicorn_config(create_app(load_backend(settings.ckpt), settings), settings))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):

@@ -165,6 +165,8 @@ ACCEPTED = {
     ("attnmt-average", "ckpt"), ("attnmt-average", "out"),
     ("attnmt-export", "ckpt"), ("attnmt-export", "out"), ("attnmt-serve", "ckpt"), ("attnmt-serve", "host"),
     ("attnmt-translate", "device"),  # any text types; decode_device names a wrong one (entry-point cases below)
+    ("attnmt-serve", "api_key"),  # any text is a key
+    ("attnmt-serve", "allowed_hosts"),  # text; a name that is not a host is its own error (test_serve_limits)
 }
 
 

@@ -23,10 +23,9 @@ from attnmt.data.tokenizer import PAD_ID, Tokenizer
 from attnmt.errors import ConfigError, DataError
 from attnmt.models.base import Seq2Seq
 from attnmt.search import forced_attention
+from attnmt.subwords import SPECIAL, WORD_START, merge_to_words, word_ids, words  # noqa: F401 (re-exported)
 
 Link = tuple[int, int]  # (source word, target word)
-WORD_START = "\u2581"  # sentencepiece's "▁"
-SPECIAL = {"<s>", "</s>", "<pad>"}
 _LINK = re.compile(r"^(\d+)([-?])(\d+)(?:-([SP]))?$")
 
 
@@ -97,53 +96,6 @@ def alignment_scores(hypothesis: list[set[Link]], gold: list[tuple[set[Link], se
         "aer": round(100 * (1.0 - (a_and_s + a_and_p) / (a + s)), 2) if a + s else 0.0,
         "recall_bound": round(100 * one / s, 2) if s else 0.0,
     }
-
-
-def word_ids(pieces: list[str]) -> list[int | None]:
-    """The word each sentencepiece piece belongs to (``None`` for ``<s>``, ``</s>``, ``<pad>``).
-
-    A piece starting with ``▁`` starts a new word; any other piece continues the current one.
-    """
-    out: list[int | None] = []
-    word = -1
-    for piece in pieces:
-        if piece in SPECIAL:
-            out.append(None)
-            continue
-        if piece.startswith(WORD_START) or word < 0:
-            word += 1
-        out.append(word)
-    return out
-
-
-def words(pieces: list[str]) -> list[str]:
-    """The words spelled by ``pieces`` (special pieces dropped)."""
-    out: list[str] = []
-    for piece, w in zip(pieces, word_ids(pieces)):
-        if w is None:
-            continue
-        if w == len(out):
-            out.append("")
-        out[w] += piece
-    return [w.replace(WORD_START, "") or WORD_START for w in out]
-
-
-def merge_to_words(weights: np.ndarray, row_words: list[int | None], col_words: list[int | None]) -> np.ndarray:
-    """Subword attention ``(T, S)`` to word level ``(T_words, S_words)``: columns (attended words)
-    are summed over their subwords, rows (attending words) averaged over theirs; rows and columns
-    of special tokens are dropped."""
-    n_rows = 1 + max((w for w in row_words if w is not None), default=-1)
-    n_cols = 1 + max((w for w in col_words if w is not None), default=-1)
-    rows = np.zeros((n_rows, len(row_words)), dtype=np.float64)
-    for t, w in enumerate(row_words):
-        if w is not None:
-            rows[w, t] = 1.0
-    rows /= np.maximum(rows.sum(1, keepdims=True), 1.0)
-    cols = np.zeros((len(col_words), n_cols), dtype=np.float64)
-    for s, w in enumerate(col_words):
-        if w is not None:
-            cols[s, w] = 1.0
-    return rows @ weights.astype(np.float64) @ cols
 
 
 METHODS = ("argmax", "threshold", "shift")

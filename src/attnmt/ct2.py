@@ -22,14 +22,17 @@ What matches attnmt's PyTorch decoder and what does not:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from attnmt.data.batching import TokenBucketBatchSampler
-from attnmt.data.datamodule import ParallelDataset
+from attnmt.data.buckets import length_sorted_batches
 from attnmt.data.tokenizer import Tokenizer
 from attnmt.export import import_ctranslate2, read_metadata
-from attnmt.search import Hypothesis, length_penalty
+from attnmt.hypothesis import Hypothesis, length_penalty
+
+if TYPE_CHECKING:  # decoding an export needs no torch: any object with .src and .lengths() will do
+    from attnmt.data.dataset import ParallelDataset
 
 
 class ExportedModel:
@@ -73,10 +76,9 @@ class ExportedModel:
         """Per source of ``dataset`` (in order): its ``n_best`` hypotheses, best first, and, with
         ``attention``, per hypothesis the cross-attention ``(T + 1, S)`` (last layer, heads
         averaged; row ``t`` is the step that produced token ``t``, the last row ``</s>``'s)."""
-        sampler = TokenBucketBatchSampler(dataset.lengths(), settings.batch_tokens, shuffle=False)
         hyps: list = [None] * len(dataset)
         attn: list | None = [None] * len(dataset) if attention else None
-        for indices in sampler:
+        for indices in length_sorted_batches(dataset.lengths(), settings.batch_tokens):
             sources = [dataset.src[i] for i in indices]
             caps = [int(len(s) * settings.max_len_ratio) + 10 for s in sources]  # as attnmt.search
             results = self.translator.translate_batch(

@@ -10,32 +10,19 @@ that point ``</s>`` is forced, so greedy decoding and beam search with one beam 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from attnmt.data.dataset import pad
 from attnmt.data.tokenizer import BOS_ID, EOS_ID
+from attnmt.hypothesis import Hypothesis, length_penalty  # noqa: F401 (re-exported)
 from attnmt.models.base import Seq2Seq, State, select_batch
-
-
-@dataclass(frozen=True)
-class Hypothesis:
-    tokens: list[int]  # without <s> and </s>
-    score: float  # log_prob / length_penalty: what beam search ranks by
-    log_prob: float  # sum of the model's log-probabilities, </s> included
 
 
 def max_output_lengths(src_mask: Tensor, max_len_ratio: float, max_len_extra: int = 10) -> Tensor:
     """Per-sentence cap on output length: ``ratio * source length + extra`` tokens, ``(B,)``."""
     return (src_mask.sum(1).float() * max_len_ratio).long() + max_len_extra
-
-
-def length_penalty(length: Tensor | int, alpha: float) -> Tensor | float:
-    """GNMT (Wu et al., 2016, eq. 14): ``((5 + |Y|) / 6) ** alpha``; ``|Y|`` counts ``</s>``."""
-    return ((5.0 + length) / 6.0) ** alpha
 
 
 @torch.no_grad()

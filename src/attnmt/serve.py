@@ -12,27 +12,37 @@ and uvicorn:
 - ``GET /`` a single self-contained page (serve.html: no CDN) to type sentences and see the
   translations and a heatmap; ``GET /health``; ``GET /metadata``.
 
-Requests that arrive within ``batch_wait_ms`` of each other are decoded as one batch (one queue,
-one decoding thread): many small concurrent requests cost about one batched decode, not one
-decode each. A malformed, empty or oversized request gets a 4xx with a one-line reason.
+Requests are strangers' data. Each is checked and encoded on its own (a sentence that cannot be
+encoded fails its own request with a 400); the work one request may cause is capped (sentences,
+characters, beam, their product); at most ``max_queue`` requests wait (then 503 with
+``Retry-After``); a request whose client has gone is dropped; a response that takes longer than
+``timeout_s`` is a 503. Decoding is batched across requests by :mod:`attnmt.serve_scheduler`.
+Every error is JSON ``{"error": "one line"}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import os
+import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 from attnmt.errors import ConfigError
-from attnmt.utils.schema import Ge, Le
+from attnmt.serve_backends import load_backend  # noqa: F401 (part of this module's interface)
+from attnmt.serve_http import RequestError
+from attnmt.utils.schema import Ge, Gt, Le
 
 log = logging.getLogger(__name__)
 EXTRA_HINT = "pip install 'attnmt[serve]' (starlette and uvicorn)"
+API_KEY_ENV = "ATTNMT_API_KEY"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HOST_NAME = re.compile(r"\*|(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[?[0-9A-Fa-f:.]+\]?")
 
 USAGE = """usage: attnmt-serve ckpt=RUN_OR_DIR [host=127.0.0.1] [port=8000] [key=value ...]
 
@@ -46,11 +56,21 @@ keys (defaults in brackets):
   max_sentences=N    most sentences in one request, >= 1 [64]
   max_chars=N        longest sentence in characters, >= 1 [1000]
   max_beam=N         largest beam_size a request may ask for, >= 1 [16]
-  batch_wait_ms=MS   how long the first waiting request waits for others to batch with, >= 0 [5]
+  max_cost=N         most characters x beam_size in one request (413 above), >= 1 [128000]
+  max_queue=N        most requests waiting or decoding (503 + Retry-After above), >= 1 [100]
+  timeout_s=S        longest a request may wait for its translation (then 503), > 0 [60]
+  batch_cost=N       source tokens x beam_size decoded in one batch, >= 1 [4096]
+  batch_wait_ms=MS   how long the first request waits for others to batch with, >= 0 [5]
+  max_connections=N  open connections; past it, the longest-idle one is closed, >= 1 [1000]
+  read_timeout_s=S   a client must send its headers, and then its body, within S seconds, > 0 [10]
+  allowed_hosts=H,.. Host headers answered (DNS rebinding); auto: loopback names when host is a
+                     loopback address, else any (*) [auto]
+  api_key=KEY        require "Authorization: Bearer KEY" on /translate and /metadata; better set
+                     in the environment as ATTNMT_API_KEY, which ps does not show [none]
 
-POST /translate takes {"text": ["...", ...], "beam_size": 5, "attention": false}. Needs the
-serve extra: pip install 'attnmt[serve]'. A bad key or value is one line on stderr
-(error: ...) and exit status 2.
+POST /translate takes {"text": ["...", ...], "beam_size": 5, "attention": false} as
+application/json. Needs the serve extra: pip install 'attnmt[serve]'. A bad key or value is one
+line on stderr (error: ...) and exit status 2.
 """
 
 
@@ -64,200 +84,48 @@ class ServeSettings:
     max_sentences: Annotated[int, Ge(1)] = 64
     max_chars: Annotated[int, Ge(1)] = 1000
     max_beam: Annotated[int, Ge(1)] = 16
+    max_cost: Annotated[int, Ge(1)] = 128_000
+    max_queue: Annotated[int, Ge(1)] = 100
+    timeout_s: Annotated[float, Gt(0)] = 60.0
+    batch_cost: Annotated[int, Ge(1)] = 4096
     batch_wait_ms: Annotated[float, Ge(0)] = 5.0
+    max_connections: Annotated[int, Ge(1)] = 1000
+    read_timeout_s: Annotated[float, Gt(0)] = 10.0
+    allowed_hosts: str = "auto"
+    api_key: str = ""
+
+    def hosts(self) -> list[str]:
+        """The Host names answered; a ConfigError for one that is not a host name."""
+        if self.allowed_hosts == "auto":
+            return list(LOOPBACK) if self.host in LOOPBACK else ["*"]
+        names = [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+        for name in names:
+            if not HOST_NAME.fullmatch(name):
+                raise ConfigError(f"allowed_hosts: {name!r} is not a host name; give names such as "
+                                  "mt.example.org, *.example.org, 127.0.0.1 or ::1 (no scheme, port or path), or *")
+        return names or ["*"]
+
+    def key(self) -> str:
+        return self.api_key or os.environ.get(API_KEY_ENV, "")
 
 
-class RequestError(Exception):
-    """A bad request: HTTP ``status`` and a one-line reason."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-
-
-# -- the model behind the server -----------------------------------------------------------------
-def word_attention(tokenizer, src_ids: list[int], tgt_ids: list[int], weights) -> tuple[list[str], list[str], list]:
-    """Source words, target words and ``weights`` ``(..., T + 1, S)`` merged to words
-    ``(..., T_words, S_words)``, each row renormalised to sum to 1."""
-    import numpy as np
-
-    from attnmt.alignment import merge_to_words, word_ids, words
-
-    src_pieces, tgt_pieces = tokenizer.src_pieces(src_ids), tokenizer.tgt_pieces(tgt_ids)
-    rows, cols = word_ids(tgt_pieces + ["</s>"]), word_ids(src_pieces)
-    weights = np.asarray(weights, dtype=np.float64)
-    lead = weights.shape[:-2]
-    flat = weights.reshape(-1, *weights.shape[-2:])[:, : len(rows), : len(cols)]
-    merged = np.stack([merge_to_words(w, rows, cols) for w in flat]) if len(flat) else flat  # (N, Tw, Sw)
-    merged = merged / np.maximum(merged.sum(-1, keepdims=True), 1e-12)
-    merged = merged.reshape(*lead, *merged.shape[-2:])
-    return words(src_pieces), words(tgt_pieces), np.round(merged, 5).tolist()
-
-
-class TorchBackend:
-    """attnmt's own search; attention of every layer and head (teacher-forced on the output)."""
-
-    def __init__(self, ckpt: str):
-        from attnmt.checkpoint import load_for_decoding
-
-        self.model, self.tokenizer, config, path = load_for_decoding(ckpt)
-        self.max_len = config["data"].get("max_len", 128)
-        name = config["model"]["_target_"].rsplit(".", 1)[-1]
-        self.metadata = {
-            "model": name, "backend": "pytorch", "checkpoint": str(path),
-            "languages": {"source": config["data"].get("src_lang"), "target": config["data"].get("tgt_lang")},
-            "attention": "cross-attention, every layer and head",
-        }
-
-    def translate(self, lines: list[str], beam_size: int, attention: bool) -> list[dict]:
-        import torch
-
-        from attnmt.data.datamodule import encode_for_eval, pad
-        from attnmt.data.tokenizer import PAD_ID
-        from attnmt.search import forced_attention
-        from attnmt.translate import DecodeSettings, translate_dataset
-
-        dataset = encode_for_eval(self.tokenizer, lines, max_len=self.max_len)
-        hyps = [
-            h[0].tokens
-            for h in translate_dataset(self.model, dataset, DecodeSettings(beam_size=beam_size), progress=False)
-        ]
-        out = [{"translation": t} for t in self.tokenizer.decode_tgt(hyps)]
-        if attention:
-            with torch.inference_mode():
-                src = pad(dataset.src)
-                cross = forced_attention(self.model, src, src != PAD_ID, hyps)[0]["cross"].float()  # (B, L, H, T, S)
-            for b, item in enumerate(out):
-                w = cross[b, :, :, : len(hyps[b]) + 1, : len(dataset.src[b])]  # (L, H, T+1, S)
-                w = torch.cat([w.mean(1, keepdim=True), w], dim=1)  # head 0: the mean of the heads
-                s, t, m = word_attention(self.tokenizer, dataset.src[b], hyps[b], w.numpy())
-                L, H = w.shape[0], w.shape[1] - 1
-                item["attention"] = {
-                    "source": s, "target": t, "weights": m,
-                    "layers": [f"layer {i + 1}" for i in range(L)],
-                    "heads": ["mean of heads"] + [f"head {h + 1}" for h in range(H)],
-                }
-        return out
-
-
-class ExportBackend:
-    """CTranslate2; one attention matrix (the last layer, averaged over heads)."""
-
-    def __init__(self, path: str):
-        from attnmt.ct2 import ExportedModel
-
-        self.exported = ExportedModel(path)
-        self.tokenizer = self.exported.tokenizer
-        meta = self.exported.meta
-        self.metadata = {
-            "model": meta["model"]["_target_"].rsplit(".", 1)[-1], "backend": "ctranslate2",
-            "checkpoint": meta["source_checkpoint"],
-            "export": str(Path(path)), "quantization": meta["quantization"], "languages": meta["languages"],
-            "attention": meta["attention"],
-        }
-
-    def translate(self, lines: list[str], beam_size: int, attention: bool) -> list[dict]:
-        from attnmt.data.datamodule import encode_for_eval
-        from attnmt.translate import DecodeSettings
-
-        dataset = encode_for_eval(self.tokenizer, lines, max_len=self.exported.max_len)
-        found, attn = self.exported.translate_dataset(dataset, DecodeSettings(beam_size=beam_size), attention)
-        hyps = [h[0].tokens for h in found]
-        out = [{"translation": t} for t in self.tokenizer.decode_tgt(hyps)]
-        if attention:
-            for b, item in enumerate(out):
-                s, t, m = word_attention(self.tokenizer, dataset.src[b], hyps[b], attn[b][0][None, None])
-                item["attention"] = {"source": s, "target": t, "weights": m,
-                                     "layers": ["last layer"], "heads": ["mean of heads"]}
-        return out
-
-
-def load_backend(ckpt: str):
-    from attnmt.export import is_exported
-
-    return ExportBackend(ckpt) if is_exported(ckpt) else TorchBackend(ckpt)
-
-
-def translate_with_blanks(backend, lines: list[str], beam_size: int, attention: bool) -> list[dict]:
-    """Blank lines get an empty translation without being decoded, as in attnmt-translate."""
-    kept = [i for i, line in enumerate(lines) if line.strip()]
-    empty = {"translation": ""}
-    if attention:
-        empty["attention"] = {"source": [], "target": [], "weights": [], "layers": [], "heads": []}
-    out = [dict(empty) for _ in lines]
-    if kept:
-        for i, item in zip(kept, backend.translate([lines[i] for i in kept], beam_size, attention)):
-            out[i] = item
-    return out
-
-
-# -- batching ------------------------------------------------------------------------------------
-class Batcher:
-    """Collects requests for ``wait_s`` after the first one arrives and decodes those that share
-    their settings as one batch, in one worker thread (the event loop keeps accepting)."""
-
-    def __init__(self, backend, wait_s: float, max_sentences: int):
-        self.backend, self.wait_s, self.max_sentences = backend, wait_s, max_sentences
-        self.queue: asyncio.Queue | None = None
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnmt-decode")
-        self.batches = self.requests = 0  # for /health: how much batching happened
-
-    async def submit(self, lines: list[str], beam_size: int, attention: bool) -> list[dict]:
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((lines, beam_size, attention, future))
-        return await future
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            items = [await self.queue.get()]
-            deadline = loop.time() + self.wait_s
-            while sum(len(i[0]) for i in items) < self.max_sentences:
-                timeout = deadline - loop.time()
-                try:
-                    items.append(
-                        self.queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self.queue.get(), timeout)
-                    )
-                except (asyncio.QueueEmpty, asyncio.TimeoutError):
-                    break
-            groups: dict[tuple, list] = {}
-            for item in items:
-                groups.setdefault((item[1], item[2]), []).append(item)
-            for (beam_size, attention), group in groups.items():
-                lines = [line for item in group for line in item[0]]
-                try:
-                    results = await loop.run_in_executor(
-                        self.executor, translate_with_blanks, self.backend, lines, beam_size, attention
-                    )
-                except Exception as e:  # a decoding failure answers these requests, the server stays up
-                    log.exception("decoding failed")
-                    for item in group:
-                        if not item[3].done():
-                            item[3].set_exception(e)
-                    continue
-                self.batches += 1
-                self.requests += len(group)
-                start = 0
-                for item in group:
-                    if not item[3].done():
-                        item[3].set_result(results[start : start + len(item[0])])
-                    start += len(item[0])
-
-
-# -- HTTP ----------------------------------------------------------------------------------------
 def parse_request(body: bytes, settings: ServeSettings) -> tuple[list[str], int, bool]:
     """The sentences, beam size and attention flag of a ``/translate`` body, or a RequestError."""
     if not body.strip():
         raise RequestError(400, "empty request body: send JSON {\"text\": [\"...\"]}")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RequestError(400, f"the body is not JSON ({str(e).splitlines()[0]})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
+            reason = str(e).splitlines()[0][:120]
+        else:  # Python's own limits: nesting depth, digits in an integer
+            reason = "nested too deeply" if isinstance(e, RecursionError) else "a number with too many digits"
+        raise RequestError(400, f"the body is not JSON we accept ({reason})") from None
     if not isinstance(data, dict):
         raise RequestError(400, "the body must be a JSON object {\"text\": [\"...\"]}")
     unknown = sorted(set(data) - {"text", "beam_size", "attention"})
     if unknown:
-        raise RequestError(400, f"unknown key {unknown[0]!r}: keys are text, beam_size, attention")
+        raise RequestError(400, f"unknown key {unknown[0][:40]!r}: keys are text, beam_size, attention")
     text = data.get("text")
     if isinstance(text, str):
         text = [text]
@@ -270,80 +138,150 @@ def parse_request(body: bytes, settings: ServeSettings) -> tuple[list[str], int,
     longest = max(len(t) for t in text)
     if longest > settings.max_chars:
         raise RequestError(413, f"a sentence of {longest} characters: at most {settings.max_chars}")
-    if any("\n" in t or "\r" in t for t in text):
-        raise RequestError(400, "a sentence contains a line break: give one sentence per list item")
+    for i, t in enumerate(text):
+        if "\n" in t or "\r" in t:
+            raise RequestError(400, f"sentence {i} contains a line break: give one sentence per list item")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            reason = f"sentence {i} is not valid Unicode text ({e.reason} at character {e.start})"
+            raise RequestError(400, reason) from None
     beam_size = data.get("beam_size", 5)
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or not 1 <= beam_size <= settings.max_beam:
-        raise RequestError(
-            400, f"\"beam_size\" must be an integer from 1 to {settings.max_beam}, got {json.dumps(beam_size)}"
-        )
+        shown = json.dumps(beam_size) if isinstance(beam_size, (int, float)) and len(str(beam_size)) < 20 else "that"
+        raise RequestError(400, f"\"beam_size\" must be an integer from 1 to {settings.max_beam}, got {shown}")
     attention = data.get("attention", False)
     if not isinstance(attention, bool):
-        raise RequestError(400, f"\"attention\" must be true or false, got {json.dumps(attention)}")
+        raise RequestError(400, "\"attention\" must be true or false")
+    cost = sum(len(t) for t in text) * beam_size
+    if cost > settings.max_cost:
+        raise RequestError(413, f"request cost {cost} (characters x beam_size) is over max_cost={settings.max_cost}: "
+                                "send fewer or shorter sentences, or a smaller beam_size")
     return text, beam_size, attention
 
 
-def create_app(backend, settings: ServeSettings):
-    """The Starlette application serving ``backend``."""
+def empty_result(attention: bool) -> dict:
+    """A blank sentence's translation: not decoded, as in attnmt-translate."""
+    item = {"translation": ""}
+    if attention:
+        item["attention"] = {"source": [], "target": [], "weights": [], "layers": [], "heads": []}
+    return item
+
+
+def create_app(backend, settings: ServeSettings, executor=None):
+    """The Starlette application serving ``backend``; ``executor``: the one-thread executor the
+    backend was loaded in (see :func:`attnmt.serve_scheduler.decoding_thread`), else a new one."""
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
-    batcher = Batcher(backend, settings.batch_wait_ms / 1000.0, settings.max_sentences)
+    from attnmt.serve_http import AllowedHosts, SecurityHeaders, page_policy, read_body, wait_or_gone
+    from attnmt.serve_scheduler import Job, Scheduler
+
+    scheduler = Scheduler(backend.decode, settings.batch_cost, settings.batch_wait_ms / 1000.0, settings.max_queue,
+                          executor)
     page = (Path(__file__).with_name("serve.html")).read_text(encoding="utf-8")
     max_body = 4 * settings.max_sentences * (settings.max_chars + 16) + 1024  # JSON escapes included
+    key = settings.key().encode()
 
-    def error(status: int, reason: str) -> JSONResponse:
-        return JSONResponse({"error": reason}, status_code=status)
+    def error(status: int, reason: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+    def refused(request: Request) -> JSONResponse | None:
+        """401 unless the request carries the API key (when one is set)."""
+        if not key:
+            return None
+        given = request.headers.get("authorization", "")
+        if given[:7].lower() == "bearer " and hmac.compare_digest(given[7:].strip().encode(), key):
+            return None
+        return error(401, "this server needs an API key: send \"Authorization: Bearer KEY\"",
+                     {"WWW-Authenticate": "Bearer"})
 
     async def translate(request: Request):
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body:
-            return error(413, f"request body of {declared} bytes: at most {max_body}")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body:
-                return error(413, f"request body over {max_body} bytes")
+        if (answer := refused(request)) is not None:
+            return answer
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            return error(415, f"Content-Type must be application/json, got {media[:60] or 'none'}")
         try:
+            body = await read_body(request, max_body, settings.read_timeout_s)
             lines, beam_size, attention = parse_request(body, settings)
         except RequestError as e:
             return error(e.status, str(e))
-        try:
-            results = await batcher.submit(lines, beam_size, attention)
-        except Exception as e:  # noqa: BLE001 (the batcher passes on any decoding failure)
-            return error(500, f"decoding failed: {type(e).__name__}: {str(e)[:200]}")
+        if scheduler.full():
+            return error(503, f"the server is busy ({settings.max_queue} requests queued): retry later",
+                         {"Retry-After": "1"})
+        kept = [i for i, line in enumerate(lines) if line.strip()]
+        results = [empty_result(attention) for _ in lines]
+        if kept:
+            try:
+                sources = await asyncio.get_running_loop().run_in_executor(
+                    None, backend.encode, [lines[i] for i in kept])
+            except Exception as e:  # noqa: BLE001 (this request's text only)
+                return error(400, f"the text could not be encoded: {type(e).__name__}: {str(e)[:120]}")
+            job = Job(sources, beam_size, attention, asyncio.get_running_loop().create_future())
+            scheduler.submit(job)
+            outcome = await wait_or_gone(request, job.future, settings.timeout_s)
+            if outcome != "done":
+                job.cancel()
+                if outcome == "timeout":
+                    return error(503, f"no translation within timeout_s={settings.timeout_s:g} s: the server is "
+                                      "busy, retry later or send less", {"Retry-After": "5"})
+                return error(499, "the client closed the connection")  # nobody reads it
+            if job.future.exception() is not None:
+                e = job.future.exception()
+                return error(500, f"decoding failed: {type(e).__name__}: {str(e)[:200]}")
+            for i, item in zip(kept, job.future.result()):
+                results[i] = item
         reply = {"translations": [r["translation"] for r in results], "beam_size": beam_size}
         if attention:
             reply["attention"] = [r["attention"] for r in results]
         return JSONResponse(reply)
 
     async def index(request: Request):
-        return HTMLResponse(page)
+        return HTMLResponse(page, headers={"Content-Security-Policy": policy})
 
     async def health(request: Request):
-        return JSONResponse({"status": "ok", "batches": batcher.batches, "requests": batcher.requests})
+        return JSONResponse({"status": "ok", "batches": scheduler.batches, "requests": scheduler.requests,
+                             "queued": len(scheduler.jobs)})
 
     async def metadata(request: Request):
+        if (answer := refused(request)) is not None:
+            return answer
         return JSONResponse({**backend.metadata, "limits": {
-            "max_sentences": settings.max_sentences, "max_chars": settings.max_chars, "max_beam": settings.max_beam}})
+            "max_sentences": settings.max_sentences, "max_chars": settings.max_chars, "max_beam": settings.max_beam,
+            "max_cost": settings.max_cost}, "api_key": bool(key)})
+
+    async def http_error(request: Request, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail).splitlines()[0] if exc.detail else "error", exc.headers)
+
+    async def server_error(request: Request, exc: Exception):
+        log.exception("request failed")
+        return error(500, f"internal error: {type(exc).__name__}")
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher.queue = asyncio.Queue()
-        task = asyncio.create_task(batcher.run())
+        scheduler.arrived = asyncio.Event()
+        task = asyncio.create_task(scheduler.run())
         yield
         task.cancel()
-        batcher.executor.shutdown(wait=False)
+        scheduler.close()
 
+    policy = page_policy(page)
     routes = [
         Route("/", index), Route("/health", health), Route("/metadata", metadata),
         Route("/translate", translate, methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    middleware = [Middleware(SecurityHeaders), Middleware(AllowedHosts, hosts=settings.hosts())]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
+                    exception_handlers={HTTPException: http_error, Exception: server_error})
+    app.state.scheduler = scheduler
+    return app
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -352,13 +290,21 @@ def main(argv: list[str] | None = None) -> None:
     def run(args: ServeSettings) -> None:
         try:
             import starlette  # noqa: F401
-            import uvicorn
+            import uvicorn  # noqa: F401
         except ImportError:
             raise ConfigError(f"the server needs Starlette and uvicorn: {EXTRA_HINT}") from None
+        from attnmt.serve_http import serve
+        from attnmt.serve_scheduler import decoding_thread
+
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        backend = load_backend(args.ckpt)
+        args.hosts()  # a bad name stops here, before the model loads
+        executor = decoding_thread()
+        backend = executor.submit(load_backend, args.ckpt).result()
         print(f"attnmt-serve: {backend.metadata['model']} on http://{args.host}:{args.port}/", file=sys.stderr)
-        uvicorn.run(create_app(backend, args), host=args.host, port=args.port, log_level="warning")
+        if args.hosts() == ["*"] and args.host not in LOOPBACK:
+            print("attnmt-serve: answering any Host header; set allowed_hosts= to the names clients use",
+                  file=sys.stderr)
+        serve(create_app(backend, args, executor), args)
 
     run_command(argv, USAGE, (ServeSettings,), "attnmt-serve", "attnmt-serve ckpt=RUN_OR_DIR", run)
 

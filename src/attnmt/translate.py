@@ -2,7 +2,8 @@
 
 ``attnmt-translate ckpt=RUN_OR_CKPT [input=FILE|-] [beam_size=5] [n_best=1] [scores=false]
 [alignments=false]`` reads sentences (stdin by default), loads the model once, translates in
-token-budget batches and prints one line per sentence, in input order.
+token-budget batches and prints one line per sentence, in input order. The input is streamed,
+``chunk_lines`` lines at a time (:mod:`attnmt.translate_stream`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ class TranslateSettings:
                 "most-attended source piece); merged sums the attention over each word's pieces first "
                 "(one link per target word), as evaluate.py's eval.word_links",
         "metavar": "HOW"})
+    chunk_lines: Annotated[int, Ge(1)] = field(default=2000, metadata={
+        "help": "input lines read, translated and written at a time (stdout flushed after each); a chunk is "
+                "sorted by length into batch_tokens batches, and a chunk that holds several batches decodes "
+                "about as fast as the whole input at once",
+        "metavar": "N"})
 
 
 def translate_dataset(
@@ -103,17 +109,20 @@ translation per output line, in order.
 keys:
 """
 USAGE_TAIL = """
-Input is UTF-8 text (a file or stdin alike): the first line that is not valid UTF-8 is an error,
-before anything is translated. Lines end at LF; a CR before it (CRLF) is dropped. Every input
-line gets its output: a blank or whitespace-only line is not decoded and gets an empty
-translation; a NUL byte is kept as an ordinary (unknown) character.
+Input is UTF-8 text (a file or stdin alike), read and translated chunk_lines lines at a time:
+each chunk's output is written and flushed before the next chunk is read. The first line that is
+not valid UTF-8 is an error when it is reached: the chunks before it are written, its own chunk is
+not. Lines end at LF; a CR before it (CRLF) is dropped. Every input line gets its output: a blank
+or whitespace-only line is not decoded and gets an empty translation; a NUL byte is kept as an
+ordinary (unknown) character. Ctrl-C stops at once, keeping the chunks already written: a line
+on stderr says how many input lines they cover, and the exit status is 130.
 
 With n_best > 1, scores or alignments, lines read
   SENTENCE_INDEX ||| TRANSLATION ||| SCORE ||| ALIGNMENT
-(the fields asked for; Moses n-best style; a blank input line gets one row with an empty
-translation, score 0 and no links). Progress and logs go to stderr. A bad key or value is one
-line on stderr (error: ...) and exit status 2. evaluate.py takes the same decoding keys as
-decode.KEY=VALUE.
+(the fields asked for; Moses n-best style; SENTENCE_INDEX counts input lines from 0; a blank
+input line gets one row with an empty translation, score 0 and no links). Progress and logs go
+to stderr. A bad key or value is one line on stderr (error: ...) and exit status 2. evaluate.py
+takes the same decoding keys as decode.KEY=VALUE.
 
 example:  echo "the small dog sees a cat ." | attnmt-translate ckpt=outputs/train/runs/RUN
 """
@@ -134,63 +143,82 @@ def parse_args(argv: list[str]) -> tuple[TranslateSettings, DecodeSettings]:
     return args, decode
 
 
+class Translator:
+    """The model of ``args.ckpt``, loaded once (a PyTorch checkpoint, or a CTranslate2 export when
+    :func:`attnmt.export.is_exported`), and what ``attnmt-translate`` prints for lines of text.
+    ``progress``: a decoding bar on stderr for calls of more than 100 sentences."""
+
+    def __init__(self, args: TranslateSettings, settings: DecodeSettings, progress: bool = True):
+        from attnmt.export import is_exported
+        from attnmt.utils.device import decode_device
+
+        self.args, self.settings, self.progress = args, settings, progress
+        device = decode_device(settings.device, "device")
+        if is_exported(args.ckpt):  # a CTranslate2 export (attnmt-export)
+            from attnmt.ct2 import ExportedModel
+
+            self.exported = ExportedModel(args.ckpt, device=device.type, device_index=device.index or 0)
+            self.model = None
+            self.tokenizer, self.max_len = self.exported.tokenizer, self.exported.max_len
+        else:
+            from attnmt.checkpoint import load_for_decoding
+
+            self.exported = None
+            self.model, self.tokenizer, train_cfg, _ = load_for_decoding(args.ckpt)
+            self.model.to(device)
+            self.max_len = train_cfg["data"].get("max_len", 128)
+
+    def translate(self, lines: list[str], first_index: int = 0) -> list[str]:
+        """The output rows for ``lines``: one per line, or with ``n_best``, ``scores`` or
+        ``alignments`` one ``|||`` row per hypothesis, whose index counts from ``first_index``."""
+        from attnmt.alignment import attention_links, format_links
+        from attnmt.data.dataset import encode_for_eval
+        from attnmt.search import Hypothesis
+
+        args, settings, tokenizer = self.args, self.settings, self.tokenizer
+        kept = [i for i, line in enumerate(lines) if line.strip()]  # blank lines are not decoded
+        nbest: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in lines]
+        links: list[list[set]] = [[set()] for _ in lines]
+        if kept and self.exported is not None:
+            from attnmt.ct2 import word_links
+
+            dataset = encode_for_eval(tokenizer, [lines[i] for i in kept], max_len=self.max_len)
+            found, attn = self.exported.translate_dataset(
+                dataset, settings, args.alignments, rescore=args.scores or settings.n_best > 1
+            )
+            for k, i in enumerate(kept):
+                nbest[i] = found[k]
+                if args.alignments:
+                    links[i] = [word_links(tokenizer, dataset.src[k], h.tokens, a, word_links=args.word_links)
+                                for h, a in zip(found[k], attn[k])]
+        elif kept:
+            dataset = encode_for_eval(tokenizer, [lines[i] for i in kept], max_len=self.max_len)
+            progress = self.progress and len(kept) > 100
+            for i, hyps in zip(kept, translate_dataset(self.model, dataset, settings, progress=progress)):
+                nbest[i] = hyps
+            if args.alignments:
+                flat = [(k, h.tokens) for k, i in enumerate(kept) for h in nbest[i]]
+                found = iter(attention_links(self.model, tokenizer, dataset, flat, settings.batch_tokens,
+                                             layers=[-1], word_links=args.word_links)[0])
+                for i in kept:
+                    links[i] = [next(found) for _ in nbest[i]]
+        if settings.n_best == 1 and not args.scores and not args.alignments:
+            return tokenizer.decode_tgt([h[0].tokens for h in nbest])
+        out = []
+        for i, hyps in enumerate(nbest):
+            for n, h in enumerate(hyps):
+                fields = [str(first_index + i), tokenizer.decode_tgt([h.tokens])[0]]
+                if args.scores or settings.n_best > 1:
+                    fields.append(f"{h.score:.4f}")
+                if args.alignments:
+                    fields.append(format_links(links[i][n]))
+                out.append(" ||| ".join(fields))
+        return out
+
+
 def translate_lines(args: TranslateSettings, settings: DecodeSettings, lines: list[str]) -> list[str]:
-    """What ``attnmt-translate`` prints for ``lines``."""
-    from attnmt.alignment import attention_links, format_links
-    from attnmt.checkpoint import load_for_decoding
-    from attnmt.data.dataset import encode_for_eval
-    from attnmt.export import is_exported
-    from attnmt.search import Hypothesis
-    from attnmt.utils.device import decode_device
-
-    device = decode_device(settings.device, "device")
-    if is_exported(args.ckpt):  # a CTranslate2 export (attnmt-export)
-        from attnmt.ct2 import ExportedModel
-
-        exported = ExportedModel(args.ckpt, device=device.type, device_index=device.index or 0)
-        tokenizer, max_len = exported.tokenizer, exported.max_len
-    else:
-        exported = None
-        model, tokenizer, train_cfg, _ = load_for_decoding(args.ckpt)
-        model.to(device)
-        max_len = train_cfg["data"].get("max_len", 128)
-    kept = [i for i, line in enumerate(lines) if line.strip()]  # blank lines are not decoded
-    nbest: list[list[Hypothesis]] = [[Hypothesis([], 0.0, 0.0)] for _ in lines]
-    links: list[list[set]] = [[set()] for _ in lines]
-    if kept and exported is not None:
-        from attnmt.ct2 import word_links
-
-        dataset = encode_for_eval(tokenizer, [lines[i] for i in kept], max_len=max_len)
-        found, attn = exported.translate_dataset(
-            dataset, settings, args.alignments, rescore=args.scores or settings.n_best > 1
-        )
-        for k, i in enumerate(kept):
-            nbest[i] = found[k]
-            if args.alignments:
-                links[i] = [word_links(tokenizer, dataset.src[k], h.tokens, a, word_links=args.word_links)
-                            for h, a in zip(found[k], attn[k])]
-    elif kept:
-        dataset = encode_for_eval(tokenizer, [lines[i] for i in kept], max_len=max_len)
-        for i, hyps in zip(kept, translate_dataset(model, dataset, settings, progress=len(kept) > 100)):
-            nbest[i] = hyps
-        if args.alignments:
-            flat = [(k, h.tokens) for k, i in enumerate(kept) for h in nbest[i]]
-            found = iter(attention_links(model, tokenizer, dataset, flat, settings.batch_tokens, layers=[-1],
-                                         word_links=args.word_links)[0])
-            for i in kept:
-                links[i] = [next(found) for _ in nbest[i]]
-    if settings.n_best == 1 and not args.scores and not args.alignments:
-        return tokenizer.decode_tgt([h[0].tokens for h in nbest])
-    out = []
-    for i, hyps in enumerate(nbest):
-        for h, hyp_links in zip(hyps, links[i]):
-            fields = [str(i), tokenizer.decode_tgt([h.tokens])[0]]
-            if args.scores or settings.n_best > 1:
-                fields.append(f"{h.score:.4f}")
-            if args.alignments:
-                fields.append(format_links(hyp_links))
-            out.append(" ||| ".join(fields))
-    return out
+    """What ``attnmt-translate`` prints for ``lines`` (all translated at once)."""
+    return Translator(args, settings).translate(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,15 +231,23 @@ def main(argv: list[str] | None = None) -> None:
 
     @exit_on_user_error
     def run() -> None:
-        from attnmt.data.io import read_lines, read_stdin
+        from attnmt.data.io import iter_lines, iter_stdin
+        from attnmt.translate_stream import Interrupted, translate_stream
 
         args, settings = parse_args(argv)
-        lines = read_stdin() if args.input == "-" else read_lines(Path(args.input))
-        if not lines:
-            return
-        for line in translate_lines(args, settings, lines):
-            print(line, flush=False)
-        sys.stdout.flush()
+        lines = iter_stdin() if args.input == "-" else iter_lines(Path(args.input), crlf_warning=True)
+        try:
+            translate_stream(lines, lambda: Translator(args, settings, progress=False).translate, args.chunk_lines,
+                             sys.stdout, progress=sys.stderr.isatty())
+        except Interrupted as e:
+            print(f"interrupted: the output of the first {e.lines} input lines is written", file=sys.stderr,
+                  flush=True)
+            sys.exit(130)
+        except BrokenPipeError:  # the reader has gone (| head): stop quietly, as other filters do
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(141)
 
     run()
 

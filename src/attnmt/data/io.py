@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -72,7 +72,7 @@ def open_binary(path: str | Path) -> BinaryIO:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def decode_line(raw: bytes, path: Path, line_no: int) -> str:
+def decode_line(raw: bytes, path: str | Path, line_no: int) -> str:
     """One line (with or without its ``\\n``) as text, without the line ending; CRLF counts as one."""
     try:
         text = raw.decode("utf-8")
@@ -81,15 +81,33 @@ def decode_line(raw: bytes, path: Path, line_no: int) -> str:
     return text[:-1].removesuffix("\r") if text.endswith("\n") else text.removesuffix("\r")
 
 
-def iter_lines(path: str | Path) -> Iterator[str]:
-    """Stream the lines of a file as :func:`read_lines` reads them, never holding the whole file."""
+def decode_lines(raw_lines: Iterable[bytes], name: str | Path, crlf_warning: bool = False) -> Iterator[str]:
+    """Lines of bytes (each with its ``\\n``, the last one perhaps without) as :func:`read_lines`
+    reads them, one at a time: a bad line is a :class:`DataError` when it is reached. With
+    ``crlf_warning``, how many lines ended in CRLF is logged once the last line has been read."""
+    crlf = line_no = 0
+    for line_no, raw in enumerate(raw_lines, 1):
+        crlf += raw.endswith((b"\r\n", b"\r"))
+        yield decode_line(raw, name, line_no)
+    if crlf and crlf_warning:
+        log.warning("%s: %d of %d lines end in CRLF; read without the CR", name, crlf, line_no)
+
+
+def iter_lines(path: str | Path, crlf_warning: bool = False) -> Iterator[str]:
+    """Stream the lines of a file as :func:`read_lines` reads them, never holding the whole file
+    (:func:`decode_lines`)."""
     path = Path(path)
     try:
         with open_binary(path) as f:
-            for line_no, raw in enumerate(f, 1):
-                yield decode_line(raw, path, line_no)
+            yield from decode_lines(f, path, crlf_warning)
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot be read ({e})") from None
+
+
+def iter_stdin() -> Iterator[str]:
+    """Stream standard input as :func:`read_stdin` reads it: each line as soon as it has arrived,
+    the CRLF warning at its end."""
+    return decode_lines(sys.stdin.buffer, "<stdin>", crlf_warning=True)
 
 
 def iter_parallel(src_path: str | Path, tgt_path: str | Path) -> Iterator[tuple[str, str]]:
