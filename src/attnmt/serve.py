@@ -60,7 +60,7 @@ keys (defaults in brackets):
   max_queue=N        most requests waiting or decoding (503 + Retry-After above), >= 1 [100]
   timeout_s=S        longest a request may wait for its translation (then 503), > 0 [60]
   batch_cost=N       source tokens x beam_size decoded in one batch, >= 1 [4096]
-  batch_wait_ms=MS   how long the first request waits for others to batch with, >= 0 [5]
+  batch_wait_ms=MS   how long a batch not yet full waits for more requests to join it, >= 0 [5]
   max_connections=N  open connections; past it, the longest-idle one is closed, >= 1 [1000]
   read_timeout_s=S   a client must send its headers, and then its body, within S seconds, > 0 [10]
   allowed_hosts=H,.. Host headers answered (DNS rebinding); auto: loopback names when host is a

@@ -131,7 +131,8 @@ class Scheduler:
         except Exception as e:  # noqa: BLE001 (retried below, then passed on to the request at fault)
             if len(parts) == 1:
                 log.warning("decoding failed for one request: %s: %s", type(e).__name__, e)
-                job0.future.done() or job0.future.set_exception(e)
+                if not (job0.cancelled or job0.future.done()):  # nobody waits on a cancelled one
+                    job0.future.set_exception(e)
                 job0.cancel()
                 return
             for job, idx in parts.items():
