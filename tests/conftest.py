@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -99,3 +103,41 @@ def exported_transformer(trained_runs, tmp_path_factory):
     run_dir = trained_runs[1]["transformer"][1]
     folder = tmp_path_factory.mktemp("ct2")
     return run_dir, {q: export(run_dir, folder / q, q) for q in ("float32", "int8")}
+
+
+def untrained_model(folder: Path, name: str):
+    """An untrained model ``name`` (tiny) and a small sentencepiece tokenizer trained in ``folder``:
+    quick, and every line gets a (long) output."""
+    from attnmt.data.tokenizer import Tokenizer, train_sentencepiece
+
+    words = [f"w{i} x{i % 7} y{i % 13}" for i in range(2000)]
+    settings = {"vocab_size": 150, "model_type": "bpe", "character_coverage": 1.0}
+    tokenizer = Tokenizer(train_sentencepiece(words, folder, "joint", settings, []))
+    return build_tiny_model(name, tokenizer.src_vocab_size), tokenizer
+
+
+@contextmanager
+def serving(backend, **keys):
+    """attnmt-serve's app for ``backend`` under uvicorn, configured as attnmt-serve configures it
+    (``keys`` are its settings), on a free loopback port in a thread; yields the port."""
+    import uvicorn
+
+    from attnmt.serve import ServeSettings, create_app
+    from attnmt.serve_http import uvicorn_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = ServeSettings(ckpt="served", port=port, **keys)
+    server = uvicorn.Server(uvicorn_config(create_app(backend, settings), settings))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(400):
+        if server.started:
+            break
+        time.sleep(0.025)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)

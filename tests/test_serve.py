@@ -7,10 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
-import threading
-import time
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +22,8 @@ pytest.importorskip("httpx", reason="Starlette's test client needs httpx (in the
 from starlette.testclient import TestClient
 
 from attnmt.serve import ServeSettings, create_app, load_backend
-from attnmt.serve_http import uvicorn_config
+
+from conftest import serving
 
 
 @pytest.fixture(scope="module", params=["pytorch", "ctranslate2"])
@@ -99,23 +97,9 @@ def test_the_page_needs_nothing_from_the_network(served):
 @pytest.fixture(scope="module")
 def live_server(exported_transformer):
     """attnmt-serve's app under uvicorn on a loopback port, in a thread."""
-    import uvicorn
-
     run_dir, _ = exported_transformer
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = ServeSettings(ckpt=str(run_dir), port=port, batch_wait_ms=200)
-    server = uvicorn.Server(uvicorn_config(create_app(load_backend(settings.ckpt), settings), settings))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving(load_backend(str(run_dir)), batch_wait_ms=200) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def post(url: str, body: dict) -> dict:

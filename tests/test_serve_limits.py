@@ -13,16 +13,17 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import pytest
 
 pytest.importorskip("starlette", reason="the serve extra is not installed (pip install -e '.[serve]')")
 pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install -e '.[serve]')")
 
-from attnmt.serve import ServeSettings, create_app, parse_request  # noqa: E402
+from attnmt.serve import ServeSettings, parse_request  # noqa: E402
 from attnmt.serve_backends import Backend  # noqa: E402
-from attnmt.serve_http import RequestError, uvicorn_config  # noqa: E402
+from attnmt.serve_http import RequestError  # noqa: E402
+
+from conftest import serving  # noqa: E402
 
 POISON = 666  # the id of the word "POISON": decoding any batch that holds it fails
 
@@ -50,29 +51,6 @@ class FakeBackend(Backend):
         return [{"translation": " ".join(map(str, s))} for s in sources]
 
 
-@contextmanager
-def running(backend, **keys):
-    """The app under uvicorn (attnmt-serve's settings) on a loopback port, in a thread."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = ServeSettings(ckpt="fake", port=port, **keys)
-    server = uvicorn.Server(uvicorn_config(create_app(backend, settings), settings))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(400):
-        if server.started:
-            break
-        time.sleep(0.025)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 def request(port: int, method: str, path: str, body=None, headers: dict | None = None, timeout: float = 30):
     """(status, headers, parsed JSON or text) of one request on a fresh connection."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -95,7 +73,7 @@ def translate(port, text, **keys):
 def test_one_bad_request_fails_alone_the_others_in_its_batch_are_answered():
     backend = FakeBackend(delay=0.01)
     good = [f"{'a ' * (i + 1)}b" for i in range(8)]
-    with running(backend, batch_wait_ms=300) as port:  # all ten arrive within one batch's wait
+    with serving(backend, batch_wait_ms=300) as port:  # all ten arrive within one batch's wait
         with ThreadPoolExecutor(10) as pool:
             replies = list(pool.map(lambda t: translate(port, [t]), good + ["a POISON b"]))
             surrogate = pool.submit(request, port, "POST", "/translate", b'{"text": ["a \\ud800 b"]}').result()
@@ -110,7 +88,7 @@ def test_one_bad_request_fails_alone_the_others_in_its_batch_are_answered():
 
 
 def test_text_that_cannot_be_encoded_is_a_400_for_its_request():
-    with running(FakeBackend()) as port:
+    with serving(FakeBackend()) as port:
         status, _, body = translate(port, ["fine", "UNENCODABLE text"])
         assert status == 400 and body["error"] == "the text could not be encoded: ValueError: cannot encode this"
         assert translate(port, ["fine"])[0] == 200
@@ -119,7 +97,7 @@ def test_text_that_cannot_be_encoded_is_a_400_for_its_request():
 def test_a_small_request_waits_for_one_batch_not_for_a_large_one():
     backend = FakeBackend(delay=0.05)
     big = ["w " * 20 + "end"] * 30  # 30 sentences, one per batch under this budget
-    with running(backend, batch_wait_ms=0, batch_cost=30) as port, ThreadPoolExecutor(2) as pool:
+    with serving(backend, batch_wait_ms=0, batch_cost=30) as port, ThreadPoolExecutor(2) as pool:
         large = pool.submit(translate, port, big, beam_size=1)
         while len(backend.decoded) < 3:
             time.sleep(0.01)
@@ -134,7 +112,7 @@ def test_a_small_request_waits_for_one_batch_not_for_a_large_one():
 def test_requests_whose_client_left_are_not_decoded():
     backend = FakeBackend(delay=0.05)
     big = [f"{'w ' * 10}{i}" for i in range(40)]
-    with running(backend, batch_wait_ms=0, batch_cost=50) as port:
+    with serving(backend, batch_wait_ms=0, batch_cost=50) as port:
         for _ in range(3):  # three clients give up on a large request after 0.2 s
             conn = http.client.HTTPConnection("127.0.0.1", port)
             conn.request("POST", "/translate", json.dumps({"text": big, "beam_size": 1}),
@@ -149,7 +127,7 @@ def test_requests_whose_client_left_are_not_decoded():
 
 def test_a_full_queue_is_a_503_with_retry_after_and_the_server_recovers():
     backend = FakeBackend(delay=0.3)
-    with running(backend, max_queue=2, batch_wait_ms=0) as port, ThreadPoolExecutor(3) as pool:
+    with serving(backend, max_queue=2, batch_wait_ms=0) as port, ThreadPoolExecutor(3) as pool:
         first = [pool.submit(translate, port, [f"s{i}"]) for i in range(2)]
         time.sleep(0.1)
         status, headers, body = translate(port, ["one too many"])
@@ -160,7 +138,7 @@ def test_a_full_queue_is_a_503_with_retry_after_and_the_server_recovers():
 
 def test_a_response_that_takes_too_long_is_a_503_and_is_not_decoded_further():
     backend = FakeBackend(delay=0.2)
-    with running(backend, timeout_s=0.5, batch_wait_ms=0, batch_cost=4) as port:  # one sentence a batch
+    with serving(backend, timeout_s=0.5, batch_wait_ms=0, batch_cost=4) as port:  # one sentence a batch
         status, headers, body = translate(port, ["a b c"] * 20, beam_size=1)
         assert status == 503 and "timeout_s=0.5" in body["error"] and "retry-after" in headers
         time.sleep(1.5)  # 7 more sentences' time
@@ -188,7 +166,7 @@ def test_hostile_json_is_a_400_with_a_reason(body):
 
 
 def test_every_error_is_json_and_needs_json_in():
-    with running(FakeBackend()) as port:
+    with serving(FakeBackend()) as port:
         for method, path, body, headers, expected in [
             ("POST", "/translate", '{"text": ["a"]}', {"Content-Type": "text/plain"}, 415),
             ("POST", "/translate", '{"text": ["a"]}', {"Content-Type": "application/x-www-form-urlencoded"}, 415),
@@ -201,18 +179,18 @@ def test_every_error_is_json_and_needs_json_in():
 
 
 def test_only_this_servers_host_names_are_answered():
-    with running(FakeBackend()) as port:
+    with serving(FakeBackend()) as port:
         assert request(port, "GET", "/health", headers={"Host": f"localhost:{port}"})[0] == 200
         status, _, body = request(port, "GET", "/health", headers={"Host": "attacker.example"})
         assert status == 400 and "attacker.example" in body["error"]
-    with running(FakeBackend(), allowed_hosts="mt.example.org") as port:
+    with serving(FakeBackend(), allowed_hosts="mt.example.org") as port:
         assert request(port, "GET", "/health", headers={"Host": "mt.example.org"})[0] == 200
         assert request(port, "GET", "/health", headers={"Host": f"127.0.0.1:{port}"})[0] == 400
 
 
 def test_an_api_key_guards_translation_and_metadata(monkeypatch):
     monkeypatch.setenv("ATTNMT_API_KEY", "s3cret")
-    with running(FakeBackend()) as port:
+    with serving(FakeBackend()) as port:
         for path, body in [("/translate", {"text": ["a"]}), ("/metadata", None)]:
             status, headers, reply = request(port, "POST" if body else "GET", path, body)
             assert status == 401 and headers["www-authenticate"] == "Bearer" and "API key" in reply["error"]
@@ -224,7 +202,7 @@ def test_an_api_key_guards_translation_and_metadata(monkeypatch):
 
 
 def test_the_page_runs_only_its_own_script_and_cannot_be_framed():
-    with running(FakeBackend()) as port:
+    with serving(FakeBackend()) as port:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/")
         reply = conn.getresponse()
@@ -238,7 +216,7 @@ def test_the_page_runs_only_its_own_script_and_cannot_be_framed():
 
 
 def test_a_client_sending_headers_slowly_is_cut_off_and_others_are_served():
-    with running(FakeBackend(), read_timeout_s=0.5) as port:
+    with serving(FakeBackend(), read_timeout_s=0.5) as port:
         slow = socket.create_connection(("127.0.0.1", port))
         slow.sendall(b"POST /translate HTTP/1.1\r\nHost: localhost\r\n")  # and never the rest
         slow.settimeout(5)  # recv raises if the server has not closed it by then
@@ -248,7 +226,7 @@ def test_a_client_sending_headers_slowly_is_cut_off_and_others_are_served():
 
 
 def test_a_body_that_does_not_arrive_in_time_is_a_408():
-    with running(FakeBackend(), read_timeout_s=0.5) as port:
+    with serving(FakeBackend(), read_timeout_s=0.5) as port:
         conn = socket.create_connection(("127.0.0.1", port))
         conn.sendall(b"POST /translate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"text\": ")
@@ -264,7 +242,7 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408():
 
 
 def test_connections_past_the_limit_push_out_the_longest_idle_ones():
-    with running(FakeBackend(), max_connections=5, read_timeout_s=30) as port:
+    with serving(FakeBackend(), max_connections=5, read_timeout_s=30) as port:
         held = []
         for _ in range(12):  # half-sent requests, never finished
             sock = socket.create_connection(("127.0.0.1", port))

@@ -20,7 +20,7 @@ from attnmt.translate import DecodeSettings, TranslateSettings, translate_lines
 from attnmt.translate import main as translate_main
 from attnmt.translate_stream import Interrupted, translate_stream
 
-from conftest import MODELS, build_tiny_model
+from conftest import MODELS, untrained_model
 
 CHUNK = 7
 
@@ -187,12 +187,7 @@ def test_ctrl_c_while_a_chunk_is_written_lets_it_finish():
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory):
     """An untrained Transformer and a small tokenizer: quick, and every line gets a (long) output."""
-    from attnmt.data.tokenizer import Tokenizer, train_sentencepiece
-
-    words = [f"w{i} x{i % 7} y{i % 13}" for i in range(2000)]
-    settings = {"vocab_size": 150, "model_type": "bpe", "character_coverage": 1.0}
-    tokenizer = Tokenizer(train_sentencepiece(words, tmp_path_factory.mktemp("spm"), "joint", settings, []))
-    return build_tiny_model("transformer", tokenizer.src_vocab_size), tokenizer
+    return untrained_model(tmp_path_factory.mktemp("spm"), "transformer")
 
 
 @pytest.mark.parametrize("argv", [[], ["n_best=2", "scores=true"]], ids=["plain", "n_best=2 scores"])

@@ -61,7 +61,7 @@ from attnmt.translate import DecodeSettings, TranslateSettings
 from attnmt.translate import main as translate_main
 from attnmt.utils.schema import NON_EMPTY, Bound, Gt, Le, check_value, parameters, parse_text
 
-from conftest import CONF, ROOT, compose_config
+from conftest import CONF, ROOT, compose_config, untrained_model
 
 NoneType = type(None)
 
@@ -414,14 +414,7 @@ def test_console_entry_points_refuse_wrong_values(args, stdin, expected, tmp_pat
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory):
     """An untrained model and a small tokenizer: enough to check what becomes of each line."""
-    from attnmt.data.tokenizer import Tokenizer, train_sentencepiece
-
-    from conftest import build_tiny_model
-
-    words = [f"w{i} x{i % 7} y{i % 13}" for i in range(2000)]
-    settings = {"vocab_size": 150, "model_type": "bpe", "character_coverage": 1.0}
-    tokenizer = Tokenizer(train_sentencepiece(words, tmp_path_factory.mktemp("spm"), "joint", settings, []))
-    return build_tiny_model("rnn_bahdanau", tokenizer.src_vocab_size), tokenizer
+    return untrained_model(tmp_path_factory.mktemp("spm"), "rnn_bahdanau")
 
 
 def translate_stdin(raw: bytes, argv: list[str], untrained, monkeypatch, capsys) -> list[str]:
