@@ -4,12 +4,13 @@ import hydra
 from omegaconf import DictConfig
 
 from attnmt.errors import exit_on_user_error
-from attnmt.evaluation import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    from attnmt.eval.evaluate import evaluate  # torch and the models: after Hydra has parsed (--help is quick)
+
     evaluate(cfg)
 
 

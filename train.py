@@ -7,8 +7,19 @@ import hydra
 from omegaconf import DictConfig
 
 from attnmt.errors import exit_on_user_error
-from attnmt.resume import resume_argv
-from attnmt.training import check_train_config, train
+from attnmt.train.resume import resume_argv
+
+
+def train(cfg: DictConfig) -> float | None:
+    from attnmt.train.run import train as run  # Lightning and torch: after Hydra has parsed (--help is quick)
+
+    return run(cfg)
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    from attnmt.train.run import check_train_config as check
+
+    check(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -4,7 +4,7 @@
     python benchmarks/ct2_speed.py --ckpt RUN_DIR --src x.de --ref x.en --limit 200
 
 RUN_DIR is a trained Transformer run (e.g. ``python train.py experiment=multi30k_transformer_ref``).
-It is exported to a temporary folder as float32 and int8 (``attnmt.export``), then each row runs in
+It is exported to a temporary folder as float32 and int8 (``attnmt.deploy.export``), then each row runs in
 its own process (so its peak RSS is its own): attnmt's PyTorch search and CTranslate2 on the
 exports, greedy and beam 5 (``alpha`` 0.6, attnmt's default), in ~4,096-token batches, with the same
 number of threads. Sentences/s counts decoding only (model load and tokenization excluded); BLEU is
@@ -43,24 +43,25 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from attnmt.data.datamodule import encode_for_eval
+    from attnmt.data.dataset import encode_for_eval
     from attnmt.data.io import read_parallel
-    from attnmt.metrics import corpus_scores
-    from attnmt.translate import DecodeSettings, translate_dataset
+    from attnmt.decode.search import translate_dataset
+    from attnmt.decode.settings import DecodeSettings
+    from attnmt.eval.metrics import corpus_scores
 
     sources, references = read_parallel(Path(args.src), Path(args.ref))
     sources, references = sources[: args.limit], references[: args.limit]
     before = rss_mib()
     settings = DecodeSettings(beam_size=args.beam, batch_tokens=4096)
     if args.backend == "torch":
-        from attnmt.checkpoint import load_for_decoding
+        from attnmt.decode.checkpoint import load_for_decoding
 
         model, tokenizer, config, _ = load_for_decoding(args.model)
         dataset = encode_for_eval(tokenizer, sources, max_len=config["data"].get("max_len", 128))
         start = time.perf_counter()
         hyps = [h[0].tokens for h in translate_dataset(model, dataset, settings, progress=False)]
     else:
-        from attnmt.ct2 import ExportedModel
+        from attnmt.decode.ct2 import ExportedModel
 
         exported = ExportedModel(args.model, intra_threads=args.threads)
         tokenizer = exported.tokenizer
@@ -94,7 +95,7 @@ def main() -> None:
         print(json.dumps(measure(args)))
         return
 
-    from attnmt.export import export
+    from attnmt.deploy.export import export
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -119,7 +119,7 @@ def child() -> None:
               flush=True)
 
     atexit.register(report)
-    from attnmt.task import TranslationTask
+    from attnmt.train.task import TranslationTask
 
     step = TranslationTask.training_step
 
@@ -133,7 +133,7 @@ def child() -> None:
     # train.py's main, called here rather than run as a script: sys.argv[0] stays this file,
     # which is what Lightning runs again for the other ranks.
     from attnmt.errors import exit_on_user_error
-    from attnmt.training import train
+    from attnmt.train.run import train
 
     hydra.main(version_base="1.3", config_path=str(ROOT / "conf"), config_name="train")(exit_on_user_error(train))()
 

@@ -166,7 +166,7 @@ def run_one(model_name: str, precision: str, compiled: bool, args, peaks: dict) 
     from torch.utils.data import DataLoader
 
     from attnmt.models import build_model
-    from attnmt.task import TranslationTask
+    from attnmt.train.task import TranslationTask
     from attnmt.utils.config import build, compose
 
     cuda = args.device == "cuda"

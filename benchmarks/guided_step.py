@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def link_table(src, tgt_out):
     """A link table covering the batch: target piece ``t`` to source piece ``t * S / T``."""
     from attnmt.data.tokenizer import EOS_ID
-    from attnmt.guided import _key
+    from attnmt.train.guided import _key
 
     table = {}
     for s, t in zip(src.tolist(), tgt_out.tolist()):
@@ -61,7 +61,7 @@ def main() -> None:
 
     import torch
 
-    from attnmt.guided import GuidedAlignment
+    from attnmt.train.guided import GuidedAlignment
     from attnmt.utils.allocator import keep_freed_memory
 
     import step_ab

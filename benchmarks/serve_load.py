@@ -101,7 +101,8 @@ def baseline(ckpt: str, sentences: list[str], beam: int, batch: int | None = Non
     """Sentences/s of attnmt-translate's code path on ``sentences`` (model load excluded): in one
     call, or ``batch`` sentences at a time in the order sent (what a server with ``batch`` clients
     of one sentence each can batch at most)."""
-    from attnmt.translate import DecodeSettings, TranslateSettings, Translator
+    from attnmt.decode.settings import DecodeSettings
+    from attnmt.deploy.translate import TranslateSettings, Translator
 
     translator = Translator(TranslateSettings(ckpt=ckpt), DecodeSettings(beam_size=beam), progress=False)
     translator.translate(sentences[:2])  # warm up
@@ -122,7 +123,7 @@ def server(ckpt: str, nofile: int | None = None):
         if nofile:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
-    proc = subprocess.Popen([sys.executable, "-m", "attnmt.serve", f"ckpt={ckpt}", f"port={port}"],
+    proc = subprocess.Popen([sys.executable, "-m", "attnmt.deploy.serve", f"ckpt={ckpt}", f"port={port}"],
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=limit)
     try:
         for _ in range(600):

@@ -180,7 +180,7 @@ def train_worker(args) -> dict:
     import torch
 
     from attnmt.data.tokenizer import PAD_ID
-    from attnmt.training import build_run
+    from attnmt.train.run import build_run
     from attnmt.utils.allocator import keep_freed_memory
 
     keep_freed_memory()  # as train.py does
@@ -269,12 +269,13 @@ def train_worker(args) -> dict:
 def decode_worker(args) -> dict:
     import torch
 
-    from attnmt.checkpoint import load_for_decoding
     from attnmt.data.io import read_parallel
-    from attnmt.evaluation import decode_lines
-    from attnmt.translate import DecodeSettings
+    from attnmt.decode.backends import TorchBackend
+    from attnmt.decode.settings import DecodeSettings
+    from attnmt.eval.evaluate import decode_lines
 
-    model, tokenizer, config, path = load_for_decoding(args.ckpt)
+    backend = TorchBackend(args.ckpt)
+    model, tokenizer, path = backend.model, backend.tokenizer, backend.path
     src_file, ref_file = (MULTI30K / "test_2016_flickr.de.gz", MULTI30K / "test_2016_flickr.en.gz")
     if not src_file.is_file():
         data = ROOT / "data" / "synthetic"
@@ -284,7 +285,7 @@ def decode_worker(args) -> dict:
     counter = GemmCounter(model)
     start = time.perf_counter()
     with torch.inference_mode():
-        _, hyp_ids, _, scores = decode_lines(model, tokenizer, config, sources, references, settings, progress=False)
+        _, hyp_ids, _, scores = decode_lines(backend, sources, references, settings, progress=False)
     seconds = time.perf_counter() - start
     counted = counter.flops
     pieces = [len(h) for h in hyp_ids]

@@ -15,7 +15,7 @@ throughputs to set against ``speed.py``'s.
 
 The batch is synthetic, of Multi30k's shape under a 4,096-token budget: 256 sentences of 8 to 16
 pieces (source and target), padded to 16, 8,000-piece vocabulary. Each version gets the
-optimizer its own training would build (the fused Adam where it has ``attnmt.optim.prefer_fused``).
+optimizer its own training would build (the fused Adam where it has ``attnmt.train.optim.prefer_fused``).
 """
 
 from __future__ import annotations

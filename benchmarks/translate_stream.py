@@ -64,7 +64,7 @@ def write_cycled(sentences: list[str], n: int, path: Path) -> int:
 
 def translate_command() -> list[str]:
     script = Path(sys.executable).parent / "attnmt-translate"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "attnmt.translate"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "attnmt.deploy.translate"]
 
 
 def peak_rss_mib(pid: int) -> float | None:
@@ -132,8 +132,9 @@ def describe(name: str, r: dict) -> None:
 
 
 def sweep(ckpt: str, sentences: list[str], n: int, sizes: list[int], rounds: int) -> None:
-    from attnmt.translate import DecodeSettings, TranslateSettings, Translator
-    from attnmt.translate_stream import translate_stream
+    from attnmt.decode.settings import DecodeSettings
+    from attnmt.deploy.translate import TranslateSettings, Translator
+    from attnmt.deploy.translate_stream import translate_stream
 
     lines = list(itertools.islice(itertools.cycle(sentences), n))
     translator = Translator(TranslateSettings(ckpt=ckpt), DecodeSettings(), progress=False)

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from attnmt.models import build_model
-from attnmt.training import train
+from attnmt.train.run import train
 from attnmt.utils.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def exported_transformer(trained_runs, tmp_path_factory):
     """The trained Transformer run and its CTranslate2 exports: ``(run_dir, {quantization: dir})``."""
     pytest.importorskip("ctranslate2",
                         reason="the ctranslate2 extra is not installed (pip install -e '.[ctranslate2]')")
-    from attnmt.export import export
+    from attnmt.deploy.export import export
 
     run_dir = trained_runs[1]["transformer"][1]
     folder = tmp_path_factory.mktemp("ct2")
@@ -122,8 +122,8 @@ def serving(backend, **keys):
     (``keys`` are its settings), on a free loopback port in a thread; yields the port."""
     import uvicorn
 
-    from attnmt.serve import ServeSettings, create_app
-    from attnmt.serve_http import uvicorn_config
+    from attnmt.deploy.serve import ServeSettings, create_app
+    from attnmt.deploy.serve_http import uvicorn_config
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

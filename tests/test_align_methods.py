@@ -4,11 +4,12 @@ and eval.layer=best picking the layer with the lowest validation AER."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from attnmt.alignment import alignment_error_rate, alignment_scores, parse_links, read_gold, sentence_links
+from attnmt.align.links import alignment_error_rate, alignment_scores, parse_links, read_gold, sentence_links
 
 # Target "▁a ▁bc d" (words a, bcd), source "▁x ▁y ▁z </s>". Row t reads tgt_in[t] = <s>, ▁a, ▁bc, d.
 SRC = ["▁x", "▁y", "▁z", "</s>"]
@@ -65,7 +66,7 @@ def test_any_word_links_let_a_fused_words_pieces_link_different_words():
 
 
 def test_best_layer_is_the_one_with_the_lowest_validation_aer(tiny_datamodule, monkeypatch):
-    import attnmt.align_report as report
+    import attnmt.eval.alignments as report
 
     gold = read_gold(tiny_datamodule.alignment_file("valid"))
     right = [set(sure) for sure, _ in gold]
@@ -73,8 +74,9 @@ def test_best_layer_is_the_one_with_the_lowest_validation_aer(tiny_datamodule, m
     half = [r if n % 2 else w for n, (r, w) in enumerate(zip(right, wrong))]
     train_cfg = {"data": {k: v for k, v in _data_node(tiny_datamodule).items()}}
     for layers, expected in (([wrong, half, right], 2), ([half, right, wrong], 1), ([right, right, wrong], 0)):
-        monkeypatch.setattr(report, "attention_links", lambda *a, _l=layers, **k: _l)
-        layer, aer, gold_file = report.best_layer(None, tiny_datamodule.tokenizer, train_cfg, "argmax", 0.5, 4000)
+        backend = SimpleNamespace(config=train_cfg, dataset=lambda s, r: SimpleNamespace(tgt=[[1, 2]] * len(s)),
+                                  alignments=lambda *a, _l=layers, **k: _l)
+        layer, aer, gold_file = report.best_layer(backend, "argmax", 0.5, 4000)
         assert layer == expected
         assert aer[expected] == min(aer) and aer.index(min(aer)) == expected
         assert gold_file.endswith("valid.align")
@@ -83,8 +85,8 @@ def test_best_layer_is_the_one_with_the_lowest_validation_aer(tiny_datamodule, m
 def test_eflomal_baseline_aligns_a_pair_once_on_pieces_or_words(tiny_datamodule, monkeypatch):
     """Evaluated pairs join the training text for eflomal, except those already in it (a repeated
     pair skews its statistics); on pieces, links become word links where any pieces link."""
-    import attnmt.align_report as report
-    import attnmt.aligner as aligner
+    import attnmt.align.eflomal as aligner
+    import attnmt.eval.alignments as report
     from attnmt.data.io import iter_parallel
 
     tok = tiny_datamodule.tokenizer
@@ -125,7 +127,7 @@ def _data_node(dm) -> dict:
 @pytest.mark.slow
 def test_evaluate_with_shift_best_layer_and_eflomal_baseline(trained_runs, tmp_path, capsys):
     pytest.importorskip("eflomal", reason="eflomal is not installed (pip install attnmt[align])")
-    from attnmt.evaluation import evaluate
+    from attnmt.eval.evaluate import evaluate
 
     from conftest import compose_config
 
@@ -167,7 +169,7 @@ def test_evaluate_with_shift_best_layer_and_eflomal_baseline(trained_runs, tmp_p
 @pytest.mark.slow
 def test_evaluate_with_merged_word_links_and_a_word_level_baseline(trained_runs, tmp_path, capsys):
     pytest.importorskip("eflomal", reason="eflomal is not installed (pip install attnmt[align])")
-    from attnmt.evaluation import evaluate
+    from attnmt.eval.evaluate import evaluate
 
     from conftest import compose_config
 
@@ -191,7 +193,7 @@ def test_evaluate_with_merged_word_links_and_a_word_level_baseline(trained_runs,
 
 def test_alignment_heads_default_to_the_guided_ones_and_are_checked():
     from attnmt.errors import ConfigError
-    from attnmt.evaluation import alignment_heads
+    from attnmt.eval.evaluate import alignment_heads
 
     plain = {"task": {"guided_alignment": {"weight": 0.0, "heads": 1}}}
     guided = {"task": {"guided_alignment": {"weight": 0.5, "heads": 2}}}
@@ -206,7 +208,7 @@ def test_alignment_heads_default_to_the_guided_ones_and_are_checked():
 
 def test_full_context_follows_the_guided_training_and_needs_a_transformer():
     from attnmt.errors import ConfigError
-    from attnmt.evaluation import alignment_full_context
+    from attnmt.eval.evaluate import alignment_full_context
 
     from conftest import build_tiny_model
 
@@ -225,7 +227,7 @@ def test_full_context_follows_the_guided_training_and_needs_a_transformer():
 def test_attention_links_average_only_the_heads_asked_for(monkeypatch):
     import torch
 
-    import attnmt.alignment as alignment
+    import attnmt.decode.attention as alignment
 
     # Head 0 points every target word at source word 0, head 1 at source word 1 (stronger).
     cross = torch.zeros(1, 1, 2, 3, 3)  # (B, L, H, T + 1, S): two target words, "▁x ▁y </s>"
@@ -252,10 +254,10 @@ def test_attention_links_average_only_the_heads_asked_for(monkeypatch):
 
 @pytest.mark.slow
 def test_eval_max_len_cuts_long_pairs_counts_them_and_is_checked(trained_runs, tmp_path):
-    from attnmt.checkpoint import load_for_decoding
     from attnmt.data.io import read_parallel
+    from attnmt.decode.checkpoint import load_for_decoding
     from attnmt.errors import ConfigError
-    from attnmt.evaluation import evaluate
+    from attnmt.eval.evaluate import evaluate
 
     from conftest import compose_config
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from attnmt.aligner import eflomal_links, grow_diag_final_and, piece_links, pieces_to_words
-from attnmt.alignment import alignment_error_rate
+from attnmt.align.eflomal import eflomal_links, grow_diag_final_and, piece_links, pieces_to_words
+from attnmt.align.links import alignment_error_rate
 
 
 def test_grow_diag_final_and_by_hand():
@@ -39,7 +39,7 @@ def _corpus(n: int = 400, seed: int = 0):
 
 def test_eflomal_aligns_obvious_links_and_reuses_its_cache(tmp_path, monkeypatch):
     pytest.importorskip("eflomal", reason="eflomal is not installed (pip install attnmt[align])")
-    import attnmt.aligner as aligner
+    import attnmt.align.eflomal as aligner
 
     sources, targets, gold = _corpus()
     links = eflomal_links(sources, targets, tmp_path)
@@ -75,7 +75,7 @@ def test_eflomal_on_pieces_links_the_words_a_fused_word_translates(tiny_datamodu
     (``▁vid ta``): aligning pieces lets eflomal link both source words, which aligning words
     almost never does, and scores better overall."""
     pytest.importorskip("eflomal", reason="eflomal is not installed (pip install attnmt[align])")
-    from attnmt.alignment import alignment_scores, read_gold
+    from attnmt.align.links import alignment_scores, read_gold
     from attnmt.data.io import iter_parallel, read_parallel
 
     dm, tok = tiny_datamodule, tiny_datamodule.tokenizer

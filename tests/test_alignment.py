@@ -5,17 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnmt.alignment import (
+from attnmt.align.links import (
     alignment_error_rate,
     alignment_scores,
     format_links,
     hard_links,
-    merge_to_words,
     parse_links,
     read_gold,
-    word_ids,
-    words,
 )
+from attnmt.data.subwords import merge_to_words, word_ids, words
 from attnmt.errors import DataError
 
 
@@ -68,7 +66,7 @@ def test_precision_recall_and_the_one_link_recall_bound_by_hand():
 
 
 def test_aer_by_source_length_buckets_by_hand():
-    from attnmt.align_report import aer_by_length
+    from attnmt.eval.alignments import aer_by_length
 
     gold = [({(0, 0)}, {(0, 0)}), ({(1, 1)}, {(1, 1)}), ({(0, 0), (1, 1)}, {(0, 0), (1, 1)})]
     sources = ["a b", "c d e", " ".join("w" for _ in range(12))]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnmt.average import main as average_main
-from attnmt.checkpoint import load_for_decoding
-from attnmt.training import train
+from attnmt.decode.checkpoint import load_for_decoding
+from attnmt.train.average import main as average_main
+from attnmt.train.run import train
 
 from conftest import compose_config, tiny_overrides
 

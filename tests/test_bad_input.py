@@ -14,9 +14,9 @@ import yaml
 
 from attnmt.data.synthetic import ensure_synthetic
 from attnmt.errors import TrainingError, exit_on_user_error
-from attnmt.evaluation import evaluate
-from attnmt.task import TranslationTask
-from attnmt.training import train
+from attnmt.eval.evaluate import evaluate
+from attnmt.train.run import train
+from attnmt.train.task import TranslationTask
 
 from conftest import ROOT, compose_config
 
@@ -160,7 +160,7 @@ def test_crlf_blank_and_overlong_lines_are_handled_and_counted(corpus, tmp_path)
     assert f"{data}/valid.xx: 20 of 20 lines end in CRLF" in log
     assert "297 pairs kept of 300; dropped 2 blank or whitespace-only, 1 longer than data.max_len=128" in log
     # The CR is gone from what the model sees and from the references BLEU is computed against.
-    from attnmt.checkpoint import load_for_decoding
+    from attnmt.decode.checkpoint import load_for_decoding
 
     _, tokenizer, _, _ = load_for_decoding(out)
     assert "\r" not in tokenizer.decode_tgt([tokenizer.encode_tgt(["a\r"])[0]])[0]
@@ -292,7 +292,7 @@ def test_diverging_learning_rate_stops_with_one_line(corpus, tmp_path):
 
 def test_trainer_gpu_without_a_gpu_is_one_line_before_any_work(monkeypatch, tmp_path):
     from attnmt.errors import ConfigError
-    from attnmt.training import check_train_config
+    from attnmt.train.run import check_train_config
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = compose_config("train", ["trainer=gpu"], tmp_path)

@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from attnmt.training import train
+from attnmt.train.run import train
 
 from conftest import compose_config, tiny_overrides
 

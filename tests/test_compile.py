@@ -14,7 +14,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attnmt import ops  # noqa: E402
 from attnmt.errors import ConfigError  # noqa: E402
-from attnmt.training import train  # noqa: E402
+from attnmt.ops import switch  # noqa: E402
+from attnmt.train.run import train  # noqa: E402
 from attnmt.utils.compiling import compile_options  # noqa: E402
 
 from conftest import compose_config, tiny_overrides  # noqa: E402
@@ -29,7 +30,7 @@ def test_compile_values():
 
 
 def test_compile_is_checked_before_any_work(tiny_data_dir, tmp_path):
-    from attnmt.training import check_train_config
+    from attnmt.train.run import check_train_config
 
     cfg = compose_config("train", tiny_overrides(tiny_data_dir) + ["task.compile=fast"], tmp_path)
     with pytest.raises(ConfigError, match="task.compile='fast'"):
@@ -46,7 +47,7 @@ def test_compiled_code_runs_the_plain_formulation():
         return x + 1
 
     torch.compile(probe, backend="eager")(torch.zeros(2))
-    assert seen == [False] and ops.enabled() == ops.ENABLED
+    assert seen == [False] and ops.enabled() == switch.ENABLED
 
 
 def run(data_dir: Path, out: Path, model: str, *extra: str) -> tuple[list[float], dict]:

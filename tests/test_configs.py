@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from attnmt.errors import ConfigError
 from attnmt.models import Seq2Seq, build_model
-from attnmt.training import resolve_precision
+from attnmt.train.run import resolve_precision
 from attnmt.utils.config import build
 
 from conftest import CONF, MODELS, build_tiny_model, compose_config, tiny_overrides

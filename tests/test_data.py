@@ -154,7 +154,7 @@ def test_sentencepiece_cache_reused_then_rebuilt_on_a_changed_setting(tiny_data_
 
 
 def test_joint_vocab_false_cuts_each_side_with_its_own_model(tiny_data_dir, tmp_path):
-    from attnmt.training import build_model_for
+    from attnmt.train.run import build_model_for
 
     cfg = compose_config("train", tiny_overrides(tiny_data_dir) + [
         f"data.cache_dir={tmp_path}", "data.joint_vocab=false", "data.vocab_size=300", "data.num_valid=20",

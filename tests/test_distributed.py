@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from attnmt.evaluation import evaluate
+from attnmt.eval.evaluate import evaluate
 
 from conftest import ROOT, compose_config, tiny_overrides
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnmt.compare import compare
-from attnmt.evaluation import evaluate
-from attnmt.metrics import bleu
-from attnmt.training import build_model_for
-from attnmt.translate import DecodeSettings, translate_dataset
+from attnmt.decode.search import translate_dataset
+from attnmt.decode.settings import DecodeSettings
+from attnmt.eval.compare import compare
+from attnmt.eval.evaluate import evaluate
+from attnmt.eval.metrics import bleu
+from attnmt.train.run import build_model_for
 from attnmt.utils.config import build
 
 from conftest import MODELS, ROOT, compose_config

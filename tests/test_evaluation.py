@@ -14,7 +14,7 @@ from xml.etree import ElementTree
 import pytest
 import torch
 
-from attnmt.evaluation import evaluate
+from attnmt.eval.evaluate import evaluate
 
 from conftest import ROOT, compose_config
 
@@ -156,7 +156,7 @@ def test_heatmaps_of_the_reference_read_teacher_forced(trained_runs, tiny_data_d
 
 def translate(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "attnmt.translate", *args], input=stdin, capture_output=True, text=True, cwd=ROOT,
+        [sys.executable, "-m", "attnmt.deploy.translate", *args], input=stdin, capture_output=True, text=True, cwd=ROOT,
     )
 
 

@@ -9,14 +9,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from attnmt.alignment import attention_links, format_links
-from attnmt.checkpoint import load_for_decoding
-from attnmt.data.datamodule import encode_for_eval
+from attnmt.align.links import format_links
+from attnmt.data.dataset import encode_for_eval
 from attnmt.data.io import read_parallel
-from attnmt.export import METADATA
-from attnmt.export import main as export_main
-from attnmt.metrics import corpus_scores
-from attnmt.translate import DecodeSettings, TranslateSettings, translate_dataset, translate_lines
+from attnmt.decode.attention import attention_links
+from attnmt.decode.checkpoint import load_for_decoding
+from attnmt.decode.search import translate_dataset
+from attnmt.decode.settings import DecodeSettings
+from attnmt.deploy.export import METADATA
+from attnmt.deploy.export import main as export_main
+from attnmt.deploy.translate import TranslateSettings, translate_lines
+from attnmt.eval.metrics import corpus_scores
 
 from conftest import build_tiny_model, compose_config
 
@@ -33,7 +36,7 @@ def one_line_error(argv, capsys) -> str:
 @pytest.fixture(scope="module")
 def decoded(exported_transformer, tiny_data_dir):
     """The 200 test sentences decoded by PyTorch and by the exports, greedy and beam 5."""
-    from attnmt.ct2 import ExportedModel
+    from attnmt.decode.ct2 import ExportedModel
 
     run_dir, folders = exported_transformer
     model, tokenizer, _, _ = load_for_decoding(run_dir)
@@ -60,7 +63,7 @@ def test_converted_weights_give_the_models_log_probabilities(variant, tiny_datam
     from ctranslate2.converters import Converter
 
     from attnmt.data.tokenizer import BOS_ID, EOS_ID
-    from attnmt.export import transformer_spec
+    from attnmt.deploy.export import transformer_spec
 
     tokenizer = tiny_datamodule.tokenizer
     model = build_tiny_model("transformer", tokenizer.src_vocab_size, variant)
@@ -131,7 +134,7 @@ def test_translate_command_on_an_export(decoded, exported_transformer, tiny_data
 
 @pytest.mark.slow
 def test_evaluate_an_export(decoded, exported_transformer, tmp_path):
-    from attnmt.evaluation import evaluate
+    from attnmt.eval.evaluate import evaluate
 
     _, folders = exported_transformer
     out = tmp_path / "eval"

@@ -26,7 +26,7 @@ RTOL = 2e-4
 def losses(model: str, data_dir: Path, out: Path) -> list[float]:
     """``train/loss`` of the first STEPS optimizer steps (dropout on, fast kernels as configured), at
     a learning rate high enough from the first update that the losses move well beyond rounding."""
-    from attnmt.training import train
+    from attnmt.train.run import train
 
     cfg = compose_config(
         "train",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from attnmt.guided import GuidedAlignment, _key, guided_alignment_loss, subword_links
+from attnmt.train.guided import GuidedAlignment, _key, guided_alignment_loss, subword_links
 
 
 def test_word_links_become_subword_pairs():
@@ -70,7 +70,7 @@ def test_heads_beyond_the_model_are_refused():
 def test_teacher_links_come_from_pieces_or_from_words(tiny_datamodule, tmp_path, monkeypatch):
     """``units: subwords`` gives eflomal the model's pieces and keeps its piece links as the
     positions; ``units: words`` gives it words and maps each link to all pieces of both words."""
-    import attnmt.guided as guided_module
+    import attnmt.train.guided as guided_module
     from attnmt.errors import ConfigError
 
     tok = tiny_datamodule.tokenizer
@@ -134,7 +134,7 @@ def test_full_context_reads_the_whole_target_and_only_a_transformer_has_it():
     guided.links = {}
     logits, _ = guided.forward(model, batch)
     assert torch.allclose(logits, model.decode(enc, batch["tgt_in"])[0], atol=1e-6)
-    from attnmt.task import TranslationTask
+    from attnmt.train.task import TranslationTask
 
     rnn = build_tiny_model("rnn_bahdanau", vocab_size=30)
     refusals = (lambda: TranslationTask(rnn, torch.optim.Adam, guided_alignment=guided),  # when the run is built
@@ -187,11 +187,12 @@ def test_every_model_learns_to_attend_where_the_links_say(name, overrides, layer
 
 def valid_aer(run_dir, method: str = "argmax") -> float:
     """AER (%) of the run's best checkpoint's last-layer attention on the validation gold."""
-    from attnmt.align_report import per_layer_aer
-    from attnmt.alignment import attention_links, read_gold
-    from attnmt.checkpoint import load_for_decoding
-    from attnmt.data.datamodule import encode_for_eval
+    from attnmt.align.links import read_gold
+    from attnmt.data.dataset import encode_for_eval
     from attnmt.data.io import read_parallel
+    from attnmt.decode.attention import attention_links
+    from attnmt.decode.checkpoint import load_for_decoding
+    from attnmt.eval.alignments import per_layer_aer
     from attnmt.utils.config import build
 
     model, tokenizer, train_cfg, _ = load_for_decoding(run_dir)
@@ -209,7 +210,7 @@ GUIDED_STEPS = 150
 @pytest.mark.slow
 def test_guided_run_aligns_better_than_an_unguided_one(tiny_data_dir, tmp_path):
     pytest.importorskip("eflomal", reason="eflomal is not installed (pip install attnmt[align])")
-    from attnmt.training import train
+    from attnmt.train.run import train
 
     from conftest import compose_config, tiny_overrides
 

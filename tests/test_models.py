@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from attnmt.decode.search import beam_search, greedy_search
 from attnmt.models.base import Seq2Seq, select_batch
-from attnmt.search import beam_search, greedy_search
 
 from conftest import MODELS, build_tiny_model
 

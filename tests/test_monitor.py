@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnmt.monitor import read_records, row_entropy
-from attnmt.training import train
+from attnmt.train.monitor import read_records, row_entropy
+from attnmt.train.run import train
 
 from conftest import ROOT, compose_config, tiny_overrides
 from test_typed_input import entry_point, one_line_error
@@ -44,7 +44,7 @@ def test_a_logger_whose_package_is_missing_is_a_one_line_error(logger, cls, pack
     real = importlib.util.find_spec
     missing = {"tensorboard", "tensorboardX", "wandb", "mlflow"}
     monkeypatch.setattr(
-        "attnmt.loggers.importlib.util.find_spec", lambda name, *a: None if name in missing else real(name, *a)
+        "attnmt.train.loggers.importlib.util.find_spec", lambda name, *a: None if name in missing else real(name, *a)
     )
     cfg = compose_config("train", [f"logger={logger}"], Path("/nonexistent/out"))
     module = entry_point("train.py")
@@ -139,7 +139,7 @@ def test_run_page_slider_flips_the_picture_in_a_browser(trained_runs):
 
 @pytest.mark.slow
 def test_compare_links_each_runs_page(trained_runs):
-    from attnmt.compare import run_page_link
+    from attnmt.eval.compare import run_page_link
 
     folder, runs = trained_runs
     for i, (_, run_dir, _) in enumerate(runs.values()):

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnmt import ops
 from attnmt.ops import (
     Dropout,
     FusedRNNStep,
@@ -26,7 +25,7 @@ from conftest import MODELS, build_tiny_model
 
 def outputs_and_gradients(model, fast: bool, monkeypatch):
     """Teacher-forced logits, cross-attention and every parameter's gradient of a fixed loss."""
-    monkeypatch.setattr(ops, "ENABLED", fast)
+    monkeypatch.setattr("attnmt.ops.switch.ENABLED", fast)
     torch.manual_seed(1)
     src = torch.randint(4, 50, (3, 7))
     mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] * 2 + [False] * 5])
@@ -58,7 +57,7 @@ def test_every_model_computes_the_same_with_the_fast_kernels_on_and_off(name, ov
 
 
 def test_the_task_loss_is_the_same_with_the_fast_kernels_on_and_off(monkeypatch):
-    from attnmt.task import TranslationTask
+    from attnmt.train.task import TranslationTask
 
     task = TranslationTask(build_tiny_model("transformer").double(), optimizer=torch.optim.Adam)
     batch = {"src": torch.randint(4, 50, (3, 7)), "src_mask": torch.ones(3, 7, dtype=torch.bool),
@@ -66,7 +65,7 @@ def test_the_task_loss_is_the_same_with_the_fast_kernels_on_and_off(monkeypatch)
     batch["tgt_out"][1, 3:] = 0  # padding
     got = {}
     for fast in (True, False):
-        monkeypatch.setattr(ops, "ENABLED", fast)
+        monkeypatch.setattr("attnmt.ops.switch.ENABLED", fast)
         task.zero_grad()
         loss, ntokens = task.loss(batch, 0.1)
         loss.backward()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from attnmt.errors import ConfigError
-from attnmt.optim import LinearDecayWarmup, PlateauWarmup, prefer_fused
-from attnmt.training import train
+from attnmt.train.optim import LinearDecayWarmup, PlateauWarmup, prefer_fused
+from attnmt.train.run import train
 from attnmt.utils.config import build
 
 from conftest import compose_config, tiny_overrides
@@ -87,7 +87,7 @@ def test_the_task_picks_the_fused_adam_from_its_trainers_precision(precision, fu
     import pytorch_lightning as pl
     from pytorch_lightning.plugins import MixedPrecision
 
-    from attnmt.task import TranslationTask
+    from attnmt.train.task import TranslationTask
 
     from conftest import build_tiny_model
 
@@ -198,7 +198,7 @@ def lrs_at_times(sched: LinearDecayWarmup, times: list[float]) -> list[float]:
 
 
 def test_linear_schedule_with_a_time_budget_reaches_min_lr_when_the_time_ends(monkeypatch):
-    monkeypatch.setattr("attnmt.optim.time.monotonic", lambda: 0.0)  # time moves only by tick()
+    monkeypatch.setattr("attnmt.train.optim.time.monotonic", lambda: 0.0)  # time moves only by tick()
     # Warm-up (2 updates) ends at second 20; the line then runs from the peak at 20 s to 0 at 100 s.
     sched = linear(total_time=100, warmup_steps=2)
     assert lrs_at_times(sched, [10, 20, 60, 80, 100, 150, 160]) == pytest.approx(
@@ -213,7 +213,7 @@ def test_linear_schedule_with_a_time_budget_reaches_min_lr_when_the_time_ends(mo
 
 def test_linear_schedule_time_budget_resumes_with_the_elapsed_time(monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr("attnmt.optim.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("attnmt.train.optim.time.monotonic", lambda: clock[0])
     sched = linear(total_time=100)
     clock[0] += 30
     sched.optimizer.step()

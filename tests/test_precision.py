@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from attnmt.training import train
+from attnmt.train.run import train
 from attnmt.utils import precision as precision_mod
 
 from conftest import compose_config, tiny_overrides
@@ -111,8 +111,8 @@ def test_auto_precision_is_recorded_with_its_reason(tiny_data_dir, tmp_path):
 def test_bf16_run_resumes_exactly_averages_and_evaluates(tiny_data_dir, tmp_path, capsys):
     """bf16-mixed keeps float32 weights and optimizer state: a run stopped at step 12 and resumed
     to 24 logs the uninterrupted run's losses; its validation checkpoints average and decode."""
-    from attnmt.average import main as average_main
-    from attnmt.evaluation import evaluate
+    from attnmt.eval.evaluate import evaluate
+    from attnmt.train.average import main as average_main
 
     def run(folder, steps, *extra):
         cfg = compose_config("train", tiny_overrides(tiny_data_dir) + [

@@ -338,7 +338,7 @@ def made_before_guided_units(run_dir: Path, tmp_path: Path) -> Path:
 
 def test_run_made_before_a_setting_existed_resumes_with_the_behaviour_it_had(uninterrupted, tmp_path, monkeypatch):
     from attnmt.errors import ConfigError
-    from attnmt.resume import check_unchanged, resume_argv
+    from attnmt.train.resume import check_unchanged, resume_argv
 
     old = made_before_guided_units(uninterrupted, tmp_path)
     # resume_argv marks the process as rewritten (for DDP ranks 1..); "" unmarks it, and the

@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from attnmt.checkpoint import load_for_decoding
 from attnmt.data.dataset import encode_for_eval
 from attnmt.data.io import read_parallel
 from attnmt.data.tokenizer import EOS_ID
+from attnmt.decode.checkpoint import load_for_decoding
+from attnmt.decode.hypothesis import length_penalty
+from attnmt.decode.search import beam_search, greedy_search, max_output_lengths, score_hypotheses
 from attnmt.models.base import Seq2Seq
-from attnmt.search import beam_search, greedy_search, length_penalty, max_output_lengths, score_hypotheses
 
 from conftest import MODELS, build_tiny_model
 
@@ -181,6 +182,49 @@ def test_searches_agree_with_each_other_and_with_the_models_scores(untrained):
         assert [h.tokens for h in single[0]] == [h.tokens for h in beams[i]]
 
 
+def gnmt_penalty(length: int, alpha: float) -> float:
+    """GNMT's length penalty (Wu et al., 2016, eq. 14), written out here: ``((5 + |Y|) / 6) ** alpha``,
+    ``|Y|`` counting ``</s>``."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def test_length_penalty_is_gnmts():
+    # Computed by hand: (12 / 6) ** 0.6 = 2 ** 0.6; (17 / 6) ** 0.6; (8 / 6) ** 1; (6 / 6) ** alpha = 1.
+    assert length_penalty(7, 0.6) == pytest.approx(1.515716566510398, rel=1e-12)
+    assert length_penalty(12, 0.6) == pytest.approx(1.868007444163412, rel=1e-12)
+    assert length_penalty(3, 1.0) == pytest.approx(4 / 3, rel=1e-12)
+    assert length_penalty(1, 0.6) == pytest.approx(1.0, rel=1e-12)
+    assert length_penalty(9, 0.0) == 1.0
+    got = length_penalty(torch.tensor([1.0, 7.0, 12.0]), 0.6)  # as beam search calls it, per beam
+    assert got.tolist() == pytest.approx([1.0, 1.515716566510398, 1.868007444163412], rel=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.6, 1.0])
+def test_n_best_scores_are_length_normalised_with_alpha(untrained, alpha):
+    """Fast checks of the trained-model test below with alpha > 0: each hypothesis' score is its
+    log-probability (the model's) over GNMT's penalty of its length, and the n-best are ranked by it."""
+    src, mask = toy_batch(8, sentences=6)
+    searches = {
+        "beam": beam_search(untrained, src, mask, 4, alpha, 1.0, 2, n_best=3, greedy_floor=False),
+        "greedy": [[h] for h in greedy_search(untrained, src, mask, 1.0, 2, alpha)],
+    }
+    for name, found in searches.items():
+        hyps = [h for per_sentence in found for h in per_sentence]
+        rescored = score_hypotheses(
+            untrained,
+            src.repeat_interleave(len(found[0]), 0),
+            mask.repeat_interleave(len(found[0]), 0),
+            [h.tokens for h in hyps],
+        )
+        assert [h.log_prob for h in hyps] == pytest.approx(rescored, abs=1e-4), name
+        # Lengths vary, and most are not empty (the penalty is 1 for the empty output, |Y| = 1).
+        assert len({len(h.tokens) for h in hyps}) > 1 and sum(bool(h.tokens) for h in hyps) > len(hyps) // 2, name
+        for h in hyps:
+            assert h.score == pytest.approx(h.log_prob / gnmt_penalty(len(h.tokens) + 1, alpha), rel=1e-6), name
+        for per_sentence in found:
+            assert all(a.score >= b.score for a, b in zip(per_sentence, per_sentence[1:])), name
+
+
 @pytest.fixture(scope="module", params=MODELS)
 def trained(request, trained_runs, tiny_data_dir):
     model, tokenizer, _, _ = load_for_decoding(trained_runs[1][request.param][1])
@@ -224,7 +268,7 @@ def test_n_best_is_sorted_distinct_and_length_normalised(trained):
         assert len({tuple(h.tokens) for h in hyps}) == 5
         assert all(a.score >= b.score for a, b in zip(hyps, hyps[1:]))
         for h in hyps:
-            assert h.score == pytest.approx(h.log_prob / length_penalty(len(h.tokens) + 1, alpha))
+            assert h.score == pytest.approx(h.log_prob / gnmt_penalty(len(h.tokens) + 1, alpha))
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
-"""attnmt-serve: translations equal attnmt-translate's, attention rows sum to 1, bad requests get a
-4xx and the server keeps serving, requests arriving together are batched, and the page shows a
-heatmap in headless Chromium."""
+"""attnmt-serve: translations equal attnmt-translate's, attention is the model's cross-attention merged
+to words (rows summing to 1), bad requests get a 4xx and the server keeps serving, requests arriving
+together are batched, and the page shows a heatmap in headless Chromium."""
 
 from __future__ import annotations
 
@@ -11,19 +11,23 @@ import subprocess
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from attnmt.translate import DecodeSettings, TranslateSettings, translate_lines
+from attnmt.decode.settings import DecodeSettings
+from attnmt.deploy.translate import TranslateSettings, translate_lines
 
 pytest.importorskip("starlette", reason="the serve extra is not installed (pip install -e '.[serve]')")
 pytest.importorskip("httpx", reason="Starlette's test client needs httpx (in the dev extra)")
 
 from starlette.testclient import TestClient
 
-from attnmt.serve import ServeSettings, create_app, load_backend
+from attnmt.deploy.serve import ServeSettings, create_app, load_backend
 
-from conftest import serving
+from conftest import MODELS, serving, untrained_model
 
 
 @pytest.fixture(scope="module", params=["pytorch", "ctranslate2"])
@@ -62,6 +66,125 @@ def test_attention_rows_sum_to_one(served):
     assert (len(a["layers"]), len(a["heads"])) == expected
 
 
+@pytest.fixture(scope="module", params=MODELS)
+def untrained_backend(request, tmp_path_factory):
+    """attnmt-serve's PyTorch backend over an untrained model (quick: no training, no export)."""
+    from attnmt.decode.backends import TorchBackend
+
+    model, tokenizer = untrained_model(tmp_path_factory.mktemp("spm"), request.param)
+    config = {"data": {}, "model": {"_target_": f"attnmt.models.{request.param}"}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("attnmt.decode.checkpoint.load_for_decoding", lambda _: (model, tokenizer, config, Path("x")))
+        return TorchBackend("x")
+
+
+def recorded(backend, method: str, monkeypatch) -> list:
+    """What ``backend.method`` returns at each call (and, for ``decode``, the sources it was given)."""
+    calls, real = [], getattr(backend, method)
+
+    def spy(*args, **keys):
+        result = real(*args, **keys)
+        calls.append((args[0], result))
+        return result
+
+    monkeypatch.setattr(backend, method, spy)
+    return calls
+
+
+def words_of(pieces: list[str]) -> list[int | None]:
+    """The word of each piece, written out for this test: ``▁`` starts a word; ``<s>``, ``</s>`` and
+    ``<pad>`` belong to none."""
+    out, word = [], -1
+    for piece in pieces:
+        if piece in ("<s>", "</s>", "<pad>"):
+            out.append(None)
+            continue
+        word += piece.startswith("\u2581") or word < 0
+        out.append(word)
+    return out
+
+
+def merged_to_words(w: np.ndarray, rows: list[int | None], cols: list[int | None]) -> np.ndarray:
+    """Subword attention ``(T, S)`` at word level: a target word's row is the mean of its pieces'
+    rows, a source word's weight the sum of its pieces' columns; ``</s>`` dropped; rows to sum 1."""
+    n_rows, n_cols = max(r for r in rows if r is not None) + 1, max(c for c in cols if c is not None) + 1
+    out = np.zeros((n_rows, n_cols))
+    for word in range(n_rows):
+        pieces = [t for t, r in enumerate(rows) if r == word]
+        mean = w[pieces].mean(0)
+        for c, col in enumerate(cols):
+            if col is not None:
+                out[word, col] += mean[c]
+    return out / out.sum(1, keepdims=True)
+
+
+def test_attention_is_the_models_cross_attention_merged_to_words(untrained_backend, monkeypatch):
+    """The server's pictures against the model's own cross-attention, read here from the model and
+    merged to words here: every layer, the mean of the heads, then each head. The search is a
+    stand-in that gives chosen outputs (an untrained model's own are one piece repeated)."""
+    from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+    from attnmt.decode.hypothesis import Hypothesis
+
+    backend = untrained_backend
+    model, tok = backend.model, backend.tokenizer
+    lines = ["w1234 x2 y12", "w7 x0 y7 w1999 x3", "y5 w42"]
+    targets = ["x5 w1777 y3", "y9 w42 w1500 x1", "w7 x0"]
+    sources = [ids + [EOS_ID] for ids in tok.encode_src(lines)]
+    hyps = tok.encode_tgt(targets)
+    output = {tuple(s): h for s, h in zip(sources, hyps)}
+    monkeypatch.setattr(backend, "translate", lambda dataset, settings, *args, **keys: [
+        [Hypothesis(output[tuple(s)], 0.0, 0.0)] for s in dataset.src])
+    with TestClient(create_app(backend, ServeSettings(ckpt="x")), base_url="http://localhost") as client:
+        reply = client.post("/translate", json={"text": lines, "beam_size": 1, "attention": True})
+    assert reply.status_code == 200, reply.text
+    reply = reply.json()
+    assert reply["translations"] == targets
+    # The model reads each output (<s> first) teacher-forced: cross-attention (B, L, H, T, S).
+    src = torch.nn.utils.rnn.pad_sequence([torch.tensor(s) for s in sources], True, PAD_ID)
+    tgt_in = torch.nn.utils.rnn.pad_sequence([torch.tensor([BOS_ID] + h) for h in hyps], True, PAD_ID)
+    with torch.no_grad():
+        cross = model.decode(model.encode(src, src != PAD_ID), tgt_in, need_attention=True)[1]["cross"].double()
+    layers, heads = cross.shape[1], cross.shape[2]
+    for s, h, line, target in zip(sources, hyps, lines, targets):  # words of several pieces
+        assert len(s) > len(line.split()) + 1 and len(h) > len(target.split())
+    for b, (line, target, picture) in enumerate(zip(lines, targets, reply["attention"])):
+        assert picture["source"] == line.split() and picture["target"] == target.split()
+        assert (len(picture["layers"]), len(picture["heads"])) == (layers, heads + 1)
+        rows, cols = words_of(tok.tgt_pieces(hyps[b]) + ["</s>"]), words_of(tok.src_pieces(sources[b]))
+        raw = cross[b, :, :, : len(hyps[b]) + 1, : len(sources[b])].numpy()  # (L, H, T + 1, S)
+        assert (raw.max(-1) - raw.min(-1)).min() > 0.005  # no row uniform: other weights would show
+        for layer in range(layers):
+            expected = [raw[layer].mean(0)] + list(raw[layer])  # the mean of the heads, then each
+            for head, w in enumerate(expected):
+                got = np.array(picture["weights"][layer][head])
+                np.testing.assert_allclose(got, merged_to_words(w, rows, cols), rtol=0, atol=2e-5,
+                                           err_msg=f"sentence {b}, layer {layer}, head {head}")
+
+
+@pytest.mark.parametrize("untrained_backend", ["rnn_bahdanau"], indirect=True)
+def test_requests_arriving_together_are_decoded_in_fewer_batches(untrained_backend, monkeypatch):
+    """Quick twin of the trained model's test below: eight one-sentence requests arriving together
+    share batches (fewer decoder calls than requests, one holding several of them), and /health
+    counts the decoder calls that were made."""
+    backend = untrained_backend
+    decoded = recorded(backend, "decode", monkeypatch)  # before the server takes backend.decode
+    lines = [f"w{i} x{i % 7} y{i % 13}" for i in range(100, 108)]
+    with serving(backend, batch_wait_ms=300) as port:
+        url = f"http://127.0.0.1:{port}"
+        before = health(url)
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda s: post(url, {"text": [s], "beam_size": 1}), lines))
+        after = health(url)
+    sizes = [len(sources) for sources, _ in decoded]
+    assert sum(sizes) == 8 and 1 <= len(sizes) < 8 and max(sizes) > 1, sizes
+    assert after["requests"] - before["requests"] == 8
+    assert after["batches"] - before["batches"] == len(sizes), (before, after, sizes)
+    # Each request got its own sentence's translation back.
+    by_source = {tuple(s): item["translation"] for sources, items in decoded for s, item in zip(sources, items)}
+    assert [r["translations"][0] for r in replies] == [by_source[tuple(s)] for s in backend.encode(lines)]
+    assert all(r["translations"][0] for r in replies)
+
+
 @pytest.mark.slow
 def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(served):
     _, client, sentences = served
@@ -96,10 +219,19 @@ def test_the_page_needs_nothing_from_the_network(served):
 
 @pytest.fixture(scope="module")
 def live_server(exported_transformer):
-    """attnmt-serve's app under uvicorn on a loopback port, in a thread."""
+    """attnmt-serve's app under uvicorn on a loopback port, in a thread; and the number of sentences
+    of each batch its backend decoded."""
     run_dir, _ = exported_transformer
-    with serving(load_backend(str(run_dir)), batch_wait_ms=200) as port:
-        yield f"http://127.0.0.1:{port}"
+    backend, sizes = load_backend(str(run_dir)), []
+    decode = backend.decode
+
+    def counted(sources, *args):
+        sizes.append(len(sources))
+        return decode(sources, *args)
+
+    backend.decode = counted
+    with serving(backend, batch_wait_ms=200) as port:
+        yield f"http://127.0.0.1:{port}", sizes
 
 
 def post(url: str, body: dict) -> dict:
@@ -117,18 +249,23 @@ def health(url: str) -> dict:
 
 @pytest.mark.slow
 def test_requests_arriving_together_are_batched(live_server, tiny_data_dir):
+    url, sizes = live_server
     sentences = (tiny_data_dir / "test.en").read_text().splitlines()[:8]
-    before = health(live_server)
+    before, done = health(url), len(sizes)
     with ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(lambda s: post(live_server, {"text": [s], "beam_size": 1}), sentences))
-    after = health(live_server)
-    assert after["requests"] - before["requests"] == 8 and after["batches"] - before["batches"] < 8, (before, after)
-    alone = post(live_server, {"text": sentences, "beam_size": 1})["translations"]
+        replies = list(pool.map(lambda s: post(url, {"text": [s], "beam_size": 1}), sentences))
+    after = health(url)
+    batches = sizes[done:]  # what the decoder was given: fewer batches than requests, some shared
+    assert sum(batches) == 8 and 1 <= len(batches) < 8 and max(batches) > 1, batches
+    assert after["requests"] - before["requests"] == 8, (before, after)
+    assert after["batches"] - before["batches"] == len(batches), (before, after, batches)
+    alone = post(url, {"text": sentences, "beam_size": 1})["translations"]
     assert [r["translations"][0] for r in replies] == alone
 
 
 @pytest.mark.slow
 def test_the_page_shows_a_heatmap_in_headless_chromium(live_server, tiny_data_dir, tmp_path):
+    live_server, _ = live_server
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
         pytest.skip("no chromium, chromium-browser or google-chrome on PATH")

@@ -19,9 +19,9 @@ import pytest
 pytest.importorskip("starlette", reason="the serve extra is not installed (pip install -e '.[serve]')")
 pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install -e '.[serve]')")
 
-from attnmt.serve import ServeSettings, parse_request  # noqa: E402
-from attnmt.serve_backends import Backend  # noqa: E402
-from attnmt.serve_http import RequestError  # noqa: E402
+from attnmt.decode.backends import Backend  # noqa: E402
+from attnmt.deploy.serve import ServeSettings, parse_request  # noqa: E402
+from attnmt.deploy.serve_http import RequestError  # noqa: E402
 
 from conftest import serving  # noqa: E402
 
@@ -264,7 +264,7 @@ def test_connections_past_the_limit_push_out_the_longest_idle_ones():
 
 @pytest.mark.parametrize("hosts", ["http://mt.example.org", "mt.example.org:8000", "mt example", "a/b"])
 def test_allowed_hosts_must_be_host_names(hosts, capsys):
-    from attnmt.serve import main
+    from attnmt.deploy.serve import main
 
     with pytest.raises(SystemExit) as stop:
         main(["ckpt=/nonexistent", f"allowed_hosts=localhost,{hosts}"])
@@ -274,8 +274,8 @@ def test_allowed_hosts_must_be_host_names(hosts, capsys):
 
 def test_the_model_loads_in_the_thread_that_decodes(monkeypatch):
     """On a CPU, torch run from a second thread (a second OpenMP pool) decoded 2-3x slower."""
-    import attnmt.serve
-    import attnmt.serve_http
+    import attnmt.deploy.serve
+    import attnmt.deploy.serve_http
 
     seen = {}
 
@@ -286,7 +286,7 @@ def test_the_model_loads_in_the_thread_that_decodes(monkeypatch):
     def serve(app, settings):
         seen["decode"] = app.state.scheduler.executor.submit(lambda: threading.current_thread().name).result()
 
-    monkeypatch.setattr(attnmt.serve, "load_backend", load)
-    monkeypatch.setattr(attnmt.serve_http, "serve", serve)
-    attnmt.serve.main(["ckpt=x"])
+    monkeypatch.setattr(attnmt.deploy.serve, "load_backend", load)
+    monkeypatch.setattr(attnmt.deploy.serve_http, "serve", serve)
+    attnmt.deploy.serve.main(["ckpt=x"])
     assert seen["load"] == seen["decode"] != threading.main_thread().name, seen

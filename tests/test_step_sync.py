@@ -19,8 +19,8 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attnmt.task import TranslationTask  # noqa: E402
-from attnmt.training import train  # noqa: E402
+from attnmt.train.run import train  # noqa: E402
+from attnmt.train.task import TranslationTask  # noqa: E402
 
 from conftest import MODELS, compose_config, tiny_overrides  # noqa: E402
 

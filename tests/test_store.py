@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import random
 
 import numpy as np
@@ -60,6 +61,16 @@ def stores(tmp_path) -> dict[str, float]:
     return {p.name: (p / "meta.json").stat().st_mtime_ns for p in (tmp_path / "cache").glob("store-*") if p.is_dir()}
 
 
+def in_memory_reference(corpus: str, tok, max_len: int = 30) -> tuple[ParallelDataset, list[int]]:
+    """The reference for a store's batches: every line of ``corpus`` encoded in memory and filtered
+    as before the store existed; and which lines were kept."""
+    src, tgt = read_parallel(f"{corpus}.de", f"{corpus}.en")
+    s_ids, t_ids = tok.encode_src(src), tok.encode_tgt(tgt)
+    keep = [i for i in range(len(src)) if s_ids[i] and t_ids[i] and src[i].strip() and tgt[i].strip()
+            and len(s_ids[i]) <= max_len and len(t_ids[i]) <= max_len]
+    return ParallelDataset([s_ids[i] for i in keep], [t_ids[i] for i in keep]), keep
+
+
 def test_store_batches_equal_the_in_memory_pipeline(corpus, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(store_module, "CHUNK_PAIRS", 100)  # 30 chunks: enough for two processes
     monkeypatch.setattr(store_module.os, "sched_getaffinity", lambda pid: {0, 1})
@@ -69,13 +80,7 @@ def test_store_batches_equal_the_in_memory_pipeline(corpus, tmp_path, monkeypatc
     assert "(2 processes)" not in caplog.text and "2 processes):" in caplog.text  # a pool encoded it
     dm.setup("fit")
     train = dm.datasets["train"]
-    # The reference: every line encoded in memory and filtered as before the store existed.
-    src, tgt = read_parallel(f"{corpus}.de", f"{corpus}.en")
-    tok = dm.tokenizer
-    s_ids, t_ids = tok.encode_src(src), tok.encode_tgt(tgt)
-    keep = [i for i in range(len(src)) if s_ids[i] and t_ids[i] and src[i].strip() and tgt[i].strip()
-            and len(s_ids[i]) <= 30 and len(t_ids[i]) <= 30]
-    reference = ParallelDataset([s_ids[i] for i in keep], [t_ids[i] for i in keep])
+    reference, keep = in_memory_reference(corpus, dm.tokenizer)
     assert dm.stats["train"] == {"pairs": 3000, "kept": len(keep), "blank": 1, "too_long": 3000 - 1 - len(keep)}
     assert 0 < dm.stats["train"]["too_long"] and len(train) == len(keep)
     assert train.lengths().tolist() == reference.lengths()
@@ -179,6 +184,50 @@ def test_cache_hit_then_miss_on_changed_content_or_setting(corpus, tmp_path):
     dm = datamodule(tmp_path, corpus)
     dm.prepare_data()
     assert len(stores(tmp_path)) == 4
+
+
+def test_with_a_fixed_sentencepiece_model_each_files_own_content_decides_reuse(corpus, tmp_path):
+    """A subword model trained on the corpus changes with either file, and the store key with it.
+    With ``data.spm_model`` set it cannot: the digest of each file itself must tell an edited
+    source or target file from the one the store was prepared from."""
+    other = write_corpus(tmp_path / "other", "train", 500)
+    datamodule(tmp_path / "other", other).build_tokenizer()
+    model = f"data.spm_model={next((tmp_path / 'other' / 'cache').glob('spm-*.model'))}"
+
+    def prepared() -> tuple[str, list[int], list[int]]:
+        dm = datamodule(tmp_path, corpus, model)
+        dm.prepare_data()
+        (store,) = dm.train_stores()
+        return store.path.name, store.tokens["src"].tolist(), store.tokens["tgt"].tolist()
+
+    # A pair of a few words: kept (not too long) whichever side is edited.
+    row = next(i for i, line in enumerate((tmp_path / "corpus" / "train.de").read_text().split("\n"))
+               if 0 < len(line.split()) <= 3)
+
+    def edit(lang: str) -> None:
+        """One word of that pair's line in one file: same size, a later modification time."""
+        path = tmp_path / "corpus" / f"train.{lang}"
+        lines = path.read_text().split("\n")
+        word = lines[row].split()[0]
+        lines[row] = lines[row].replace(word, "x" * len(word), 1)
+        before = path.stat()
+        path.write_text("\n".join(lines))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 2_000_000_000))
+        assert path.stat().st_size == before.st_size
+
+    first = prepared()
+    assert first[1] and first[2]
+    assert prepared() == first and len(stores(tmp_path)) == 1  # unchanged files: the same store
+
+    edit("de")  # the source file alone
+    after_src = prepared()
+    assert after_src[0] != first[0] and len(stores(tmp_path)) == 2
+    assert after_src[1] != first[1] and after_src[2] == first[2]
+
+    edit("en")  # the target file alone
+    after_tgt = prepared()
+    assert after_tgt[0] not in (first[0], after_src[0]) and len(stores(tmp_path)) == 3
+    assert after_tgt[1] == after_src[1] and after_tgt[2] != after_src[2]
 
 
 @pytest.mark.parametrize("crash", [KeyboardInterrupt, MemoryError])
@@ -382,10 +431,23 @@ def test_line_count_mismatch_and_empty_corpus_found_while_streaming(corpus, tmp_
 
 
 def test_dataloader_workers_read_the_store_like_the_main_process(corpus, tmp_path):
-    batches = {}
+    """Two DataLoader worker processes give the batches of the sampler's plan, each equal to the
+    in-memory pipeline's batch of the same pairs, as this process does."""
+    batches, plans = {}, {}
     for workers in (0, 2):
         dm = datamodule(tmp_path, corpus, f"data.num_workers={workers}")
         dm.setup("fit")
-        batches[workers] = [b for _, b in zip(range(5), dm.train_dataloader())]
-    for a, b in zip(batches[0], batches[2]):
-        assert all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
+        loader = dm.train_dataloader()
+        plans[workers] = list(loader.batch_sampler)[:5]  # this epoch's first five batches of indices
+        batches[workers] = [b for _, b in zip(range(5), loader)]
+    reference, keep = in_memory_reference(corpus, dm.tokenizer)
+    assert len(keep) > 2000 and len(dm.datasets["train"]) == len(keep)
+    assert plans[0] == plans[2] and len(plans[0]) == 5 and all(plans[0])
+    for workers in (0, 2):
+        assert len(batches[workers]) == 5, workers
+        for indices, got in zip(plans[workers], batches[workers]):
+            want = reference.collate(indices)
+            assert got.keys() == want.keys()
+            assert got["src"].size(0) == len(indices) > 0
+            assert all(torch.equal(got[k], want[k]) for k in want if k != "num_tgt_tokens"), workers
+            assert got["num_tgt_tokens"] == want["num_tgt_tokens"] == int((want["tgt_out"] != 0).sum()) > 0

@@ -1,7 +1,7 @@
 """attnmt-translate streams its input: chunks read lazily, translated by a backend loaded once,
 written in input order (global line indices) and flushed; a bad line or a Ctrl-C keeps the chunks
 already written. Fast tests use a fake backend; the slow ones compare real models' streamed output
-with :func:`attnmt.translate.translate_lines` on the whole input."""
+with :func:`attnmt.deploy.translate.translate_lines` on the whole input."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from types import SimpleNamespace
 import pytest
 
 from attnmt.data.io import decode_lines, iter_lines, iter_stdin, read_lines, read_stdin, split_lines
+from attnmt.decode.settings import DecodeSettings
+from attnmt.deploy.translate import TranslateSettings, translate_lines
+from attnmt.deploy.translate import main as translate_main
+from attnmt.deploy.translate_stream import Interrupted, translate_stream
 from attnmt.errors import DataError
-from attnmt.translate import DecodeSettings, TranslateSettings, translate_lines
-from attnmt.translate import main as translate_main
-from attnmt.translate_stream import Interrupted, translate_stream
 
 from conftest import MODELS, untrained_model
 
@@ -50,7 +51,7 @@ def run_main(argv: list[str], stdin: bytes, monkeypatch, capsys, calls: list, in
         loads.append(args.ckpt)
         return SimpleNamespace(translate=fake_backend(calls, interrupt_on_chunk))
 
-    monkeypatch.setattr("attnmt.translate.Translator", load)
+    monkeypatch.setattr("attnmt.deploy.translate.Translator", load)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
     code = 0
     try:
@@ -194,7 +195,8 @@ def untrained(tmp_path_factory):
 def test_an_untrained_models_streamed_output_equals_the_whole_input_at_once(argv, untrained, monkeypatch, capsys):
     """The real Translator (quick: an untrained model, read through stdin) across five chunks."""
     model, tokenizer = untrained
-    monkeypatch.setattr("attnmt.checkpoint.load_for_decoding", lambda _: (model, tokenizer, {"data": {}}, Path("x")))
+    monkeypatch.setattr("attnmt.decode.checkpoint.load_for_decoding",
+                        lambda _: (model, tokenizer, {"data": {}}, Path("x")))
     raw = b"".join(f"w{i} x{i % 7} y{i % 13}".encode() + (b"\r\n" if i % 3 else b"\n") + (b" \n" if i % 8 == 2 else b"")
                    for i in range(30))
     lines, _ = split_lines(raw, "raw")
@@ -286,7 +288,7 @@ def test_a_reader_that_stops_early_ends_the_run_quietly(tmp_path):
     source.write_text("a line to translate\n" * 200_000)
     script = textwrap.dedent("""
         from types import SimpleNamespace
-        import attnmt.translate as t
+        import attnmt.deploy.translate as t
         t.Translator = lambda args, settings, progress=True: SimpleNamespace(
             translate=lambda lines, first: [line.upper() for line in lines])
         t.main(["ckpt=x", "chunk_lines=1000", "input=" + __import__("sys").argv[1]])

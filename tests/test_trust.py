@@ -11,10 +11,9 @@ import pytest
 import torch
 import yaml
 
-from attnmt.checkpoint import load_for_decoding
+from attnmt.decode.checkpoint import CHECKPOINT_KEY, load_for_decoding
 from attnmt.errors import CheckpointError, ConfigError
 from attnmt.models import build_model
-from attnmt.task import CHECKPOINT_KEY
 from attnmt.utils.trust import STORED_TARGETS, check_stored_targets
 
 from conftest import ROOT, compose_config
@@ -64,7 +63,8 @@ def test_a_checkpoint_whose_config_names_a_function_is_refused(tiny_datamodule, 
 
 
 def test_an_export_whose_metadata_names_a_function_is_refused(tmp_path):
-    from attnmt.export import FORMAT, METADATA, read_metadata
+    from attnmt.decode.exported import read_metadata
+    from attnmt.deploy.export import FORMAT, METADATA
 
     marker = tmp_path / "ran"
     folder = tmp_path / "export"
@@ -79,7 +79,7 @@ def test_an_export_whose_metadata_names_a_function_is_refused(tmp_path):
 
 
 def test_a_run_folder_whose_overrides_name_a_function_is_refused_on_resume(tmp_path, monkeypatch):
-    from attnmt.resume import _REWRITTEN, resume_argv
+    from attnmt.train.resume import _REWRITTEN, resume_argv
 
     monkeypatch.delenv(_REWRITTEN, raising=False)
     marker = tmp_path / "ran"
@@ -110,7 +110,7 @@ class Payload:
 
 
 def test_a_checkpoint_whose_pickle_calls_a_function_is_refused_unless_trusted(tmp_path, monkeypatch):
-    from attnmt.checkpoint import TRUST_ENV, read_checkpoint
+    from attnmt.decode.checkpoint import TRUST_ENV, read_checkpoint
 
     monkeypatch.delenv(TRUST_ENV, raising=False)
     marker = tmp_path / "ran"

@@ -36,7 +36,6 @@ import copy
 import dataclasses
 import importlib.util
 import io
-import shutil
 import subprocess
 import sys
 import types
@@ -49,16 +48,17 @@ import pytest
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from attnmt.average import AverageSettings
-from attnmt.average import main as average_main
+from attnmt.decode.settings import DecodeSettings
+from attnmt.deploy.export import ExportSettings
+from attnmt.deploy.export import main as export_main
+from attnmt.deploy.serve import ServeSettings
+from attnmt.deploy.serve import main as serve_main
+from attnmt.deploy.translate import TranslateSettings
+from attnmt.deploy.translate import main as translate_main
 from attnmt.errors import ConfigError
-from attnmt.evaluation import EvalSettings, EvaluateSettings
-from attnmt.export import ExportSettings
-from attnmt.export import main as export_main
-from attnmt.serve import ServeSettings
-from attnmt.serve import main as serve_main
-from attnmt.translate import DecodeSettings, TranslateSettings
-from attnmt.translate import main as translate_main
+from attnmt.eval.evaluate import EvalSettings, EvaluateSettings
+from attnmt.train.average import AverageSettings
+from attnmt.train.average import main as average_main
 from attnmt.utils.schema import NON_EMPTY, Bound, Gt, Le, check_value, parameters, parse_text
 
 from conftest import CONF, ROOT, compose_config, untrained_model
@@ -315,7 +315,7 @@ def test_hydra_command_refuses_a_wrong_value(script, overrides, key, value, entr
     if script == "train.py":
         monkeypatch.setattr(module, "train", tripwire)
     else:  # evaluate() checks its config first: the model must not load
-        monkeypatch.setattr("attnmt.evaluation.load_for_decoding", tripwire)
+        monkeypatch.setattr("attnmt.eval.evaluate.load_backend", tripwire)
     line = one_line_error(lambda: module.main(cfg), capsys)
     assert line.startswith(f"error: {key}="), line
 
@@ -346,9 +346,15 @@ def test_evaluate_config_holds_the_settings_defaults():
 
 # -- the real entry points, in a subprocess --------------------------------------------------------
 def command(name: str) -> list[str]:
-    """An installed console script, or its module run by this Python."""
-    found = shutil.which(name)
-    return [found] if found else [sys.executable, "-m", f"attnmt.{name.removeprefix('attnmt-')}"]
+    """The console script installed beside this Python, or its module (as the package declares it)
+    run by this Python; never another installation's script found on PATH."""
+    from importlib.metadata import entry_points
+
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return [str(beside)]
+    module = entry_points(group="console_scripts")[name].value.split(":")[0]
+    return [sys.executable, "-m", module]
 
 
 def run(args: list[str], cwd: Path, stdin: bytes = b"") -> subprocess.CompletedProcess:
@@ -419,7 +425,8 @@ def untrained(tmp_path_factory):
 
 def translate_stdin(raw: bytes, argv: list[str], untrained, monkeypatch, capsys) -> list[str]:
     model, tokenizer = untrained
-    monkeypatch.setattr("attnmt.checkpoint.load_for_decoding", lambda _: (model, tokenizer, {"data": {}}, Path("x")))
+    monkeypatch.setattr("attnmt.decode.checkpoint.load_for_decoding",
+                        lambda _: (model, tokenizer, {"data": {}}, Path("x")))
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
     translate_main(["ckpt=x", "beam_size=2", *argv])
     return capsys.readouterr().out.split("\n")[:-1]
@@ -463,7 +470,7 @@ def test_translate_word_links_any_or_merged(untrained, monkeypatch, capsys):
 
 def test_stdin_that_is_not_utf8_names_the_first_bad_line_and_prints_nothing(untrained, monkeypatch, capsys):
     model, tokenizer = untrained
-    monkeypatch.setattr("attnmt.checkpoint.load_for_decoding", lambda _: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("attnmt.decode.checkpoint.load_for_decoding", lambda _: pytest.fail("the model was loaded"))
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"w1 x1\nw2 x2\r\nw3 \xff\nw4 \xfe\n")))
     line = one_line_error(lambda: translate_main(["ckpt=x"]), capsys)
     assert line == "error: <stdin>: line 3 is not valid UTF-8"
@@ -476,11 +483,11 @@ HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "matplotlib", "senten
 def test_console_commands_answer_help_and_bad_arguments_without_heavy_imports():
     script = f"""
 import io, sys
-from attnmt.translate import main as translate
-from attnmt.average import main as average
-from attnmt.compare import main as compare
-from attnmt.export import main as export
-from attnmt.serve import main as serve
+from attnmt.deploy.translate import main as translate
+from attnmt.train.average import main as average
+from attnmt.eval.compare import main as compare
+from attnmt.deploy.export import main as export
+from attnmt.deploy.serve import main as serve
 sys.stdin = io.TextIOWrapper(io.BytesIO(b"a\\n"))
 for main, argv in [(translate, ["--help"]), (translate, ["ckpt=x", "alpha=abc"]), (translate, ["ckpt=x", "beam=2"]),
                    (translate, ["ckpt=x", "input=/nonexistent"]),

@@ -20,13 +20,14 @@ from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from attnmt.data.batching import TokenBucketBatchSampler
-from attnmt.data.dataset import ParallelDataset, TokenStoreDataset, encode_for_eval, pad  # noqa: F401 (re-exported)
+from attnmt.data.dataset import ParallelDataset, TokenStoreDataset, encode_for_eval
 from attnmt.data.io import iter_parallel, read_parallel
 from attnmt.data.store import TokenStore, file_lock, open_or_build
 from attnmt.data.synthetic import SRC_LANG, TGT_LANG, ensure_synthetic
 from attnmt.data.tokenizer import Reservoir, Tokenizer, train_sentencepiece
 from attnmt.errors import ConfigError, DataError
 from attnmt.utils.schema import Ge, Gt, Le, NonNegativeInt, PositiveInt
+from attnmt.utils.stored import MAX_LEN
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class TranslationDataModule(pl.LightningDataModule):
         src_lang: str,
         tgt_lang: str,
         max_tokens: PositiveInt = 4096,
-        max_len: PositiveInt = 128,
+        max_len: PositiveInt = MAX_LEN,
         vocab_size: PositiveInt = 8000,
         joint_vocab: bool = True,
         spm_model_type: Literal["unigram", "bpe", "char", "word"] = "unigram",

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from attnmt.data.store import TokenStore
 from attnmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from attnmt.utils.stored import MAX_LEN
 
 
 class ParallelDataset(Dataset):
@@ -56,7 +57,7 @@ class ParallelDataset(Dataset):
 
 
 def encode_for_eval(
-    tokenizer: Tokenizer, src: list[str], tgt: list[str] | None = None, max_len: int = 128
+    tokenizer: Tokenizer, src: list[str], tgt: list[str] | None = None, max_len: int = MAX_LEN
 ) -> ParallelDataset:
     """Evaluation keeps every line (so scores cover the whole split); long ones are truncated."""
     src_ids = [ids[:max_len] for ids in tokenizer.encode_src(src)]

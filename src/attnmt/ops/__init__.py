@@ -15,28 +15,16 @@ kernel                      plain formulation                                   
 ``FusedRNNStep``            ``nn.GRU``/``nn.LSTM`` over one step (``RNNStep``)    ``models.rnn`` decoders
 ==========================  ====================================================  =============================
 
-What each saves on a 2-core CPU is in its module's docstring and in docs/performance.md.
+What each saves is in docs/performance.md.
 """
 
 from __future__ import annotations
-
-import os
-
-import torch
 
 from attnmt.ops.additive import additive_scores
 from attnmt.ops.cross_entropy import smoothed_cross_entropy
 from attnmt.ops.dropout import Dropout, dropout
 from attnmt.ops.recurrent import FusedRNNStep, RNNStep, bidirectional_rnn
-
-ENABLED = os.environ.get("ATTNMT_PLAIN_OPS", "") in ("", "0")
-
-
-def enabled() -> bool:
-    """Whether the fast kernels run (``ATTNMT_PLAIN_OPS=1`` turns them off; tests set ``ENABLED``).
-    Inside code that ``torch.compile`` traces, never: the compiler fuses the plain formulation itself."""
-    return ENABLED and not torch.compiler.is_compiling()
-
+from attnmt.ops.switch import enabled
 
 __all__ = [
     "Dropout", "FusedRNNStep", "RNNStep", "additive_scores", "bidirectional_rnn", "dropout", "enabled",

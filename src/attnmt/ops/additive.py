@@ -1,11 +1,11 @@
 """Additive attention scores ``v^T tanh(q_t + k_s)`` as one autograd function.
 
 The plain formulation (:meth:`attnmt.models.attention.Attention.scores`, ``ops`` off) is
-``v_a(torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))).squeeze(-1)``. On a 2-core CPU ``torch.tanh``
-over the ``(B, T, S, A)`` energies was the largest elementwise cost of an RNN training step, and
-the ``v_a`` projection's backward a matrix product with an inner size of 1. Here the energies are
-computed in place, ``tanh`` as ``2 sigmoid(2x) - 1`` (2.3x faster on CPU), and the gradient is
-written out by hand from the saved ``tanh`` values.
+``v_a(torch.tanh(q.unsqueeze(2) + k.unsqueeze(1))).squeeze(-1)``: ``torch.tanh`` over the
+``(B, T, S, A)`` energies and the ``v_a`` projection's backward (a matrix product with an inner
+size of 1) are costly on a CPU. Here the energies are computed in place, ``tanh`` as
+``2 sigmoid(2x) - 1``, and the gradient is written out by hand from the saved ``tanh`` values
+(what it saves: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class _AdditiveScores(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         e = q.unsqueeze(2) + k.unsqueeze(1)  # (B, T, 1, A) + (B, 1, S, A) -> (B, T, S, A)
         if e.device.type == "cpu" and e.dtype in (torch.float32, torch.float64):
-            # tanh(x) = 2 sigmoid(2x) - 1, in place: 2.3x faster than torch.tanh on CPU. Not in
+            # tanh(x) = 2 sigmoid(2x) - 1, in place: cheaper than torch.tanh on a CPU. Not in
             # bf16 (autocast): 2 sigmoid - 1 cancels bits near 0, twice torch.tanh's error there.
             y = e.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
         else:

@@ -1,11 +1,10 @@
 """Dropout with a cheaper mask on CPU.
 
-``torch.nn.functional.dropout`` draws one random number per element (``bernoulli_``): on a
-2-core CPU that took 15% of a Transformer training step, more than the step's layer norms,
-softmaxes and additions together. Here one 64-bit random draw makes the masks of four elements
-(16 bits each), about 3x faster for the same result: each element is kept with probability
+``torch.nn.functional.dropout`` draws one random number per element (``bernoulli_``), a
+noticeable share of a CPU training step. Here one 64-bit random draw makes the masks of four
+elements (16 bits each), for the same result (what it saves: docs/performance.md): each element is kept with probability
 ``1 - p`` (p rounded to a multiple of 1/65536) and scaled by ``1 / (1 - p)``. On other devices,
-and with the fast kernels off (:func:`attnmt.ops.enabled`), this is ``F.dropout``.
+and with the fast kernels off (:func:`attnmt.ops.switch.enabled`), this is ``F.dropout``.
 """
 
 from __future__ import annotations
@@ -14,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnmt.ops.switch import enabled
+
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if not training or p == 0.0:
         return x
-    from attnmt import ops
-
-    if not ops.enabled() or x.device.type != "cpu" or not 0.0 < p < 1.0:
+    if not enabled() or x.device.type != "cpu" or not 0.0 < p < 1.0:
         return F.dropout(x, p, training)
     drop = round(p * 65536)
     # Full-range int64 draws, read as int16: every bit random (plain random_() leaves the sign bit 0).

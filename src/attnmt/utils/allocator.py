@@ -2,9 +2,8 @@
 
 glibc serves allocations above a threshold (at most 32 MiB) with ``mmap`` and unmaps them on
 free, so every step's large tensors (logits: positions x vocabulary) come back as fresh pages
-that the kernel must fault in and zero. Measured on the 2-core machine: a (4096 x 256) @
-(256 x 8000) matmul took 140 ms with the default and 98 ms with ``mmap`` off and trimming raised.
-Set ``ATTNMT_MALLOPT=0`` to leave the allocator alone.
+that the kernel must fault in and zero; with ``mmap`` off and trimming raised they are reused
+(what it saves: docs/performance.md). Set ``ATTNMT_MALLOPT=0`` to leave the allocator alone.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``key=value`` command lines for the small console commands (attnmt-translate, attnmt-average).
+"""``key=value`` command lines for the console commands (attnmt-translate, -serve, -export, -average).
 
 Each command describes its keys as settings dataclasses (types, ranges and defaults in one
 place, :mod:`attnmt.utils.schema`); a value is converted to its key's type and checked before the
@@ -95,6 +95,7 @@ def keys_help(schemas: tuple[type, ...]) -> str:
             else:
                 default = (
                     "null" if f.default is None
+                    else "none" if f.default == ""
                     else str(f.default).lower() if isinstance(f.default, bool)
                     else str(f.default)
                 )
@@ -103,6 +104,12 @@ def keys_help(schemas: tuple[type, ...]) -> str:
             lines += textwrap.wrap(text, width=100, initial_indent=f"{head:<21s}", subsequent_indent=" " * 21,
                                break_on_hyphens=False)
     return "\n".join(lines) + "\n"
+
+
+def usage_text(head: str, schemas: tuple[type, ...], tail: str = "") -> str:
+    """A command's ``--help``: ``head``, the keys written from its settings dataclasses
+    (:func:`keys_help`), ``tail``."""
+    return head + keys_help(schemas) + tail
 
 
 def run_command(argv: list[str] | None, usage: str, schemas: tuple[type, ...], command: str, required_usage: str,

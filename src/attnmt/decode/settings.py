@@ -1,0 +1,32 @@
+"""How to decode: one settings dataclass for every command that decodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from attnmt.utils.schema import Ge, Gt, Le
+
+
+@dataclass
+class DecodeSettings:
+    """How to decode: the keys of ``attnmt-translate`` and of evaluate.py's ``decode`` node
+    (types, ranges, defaults and help, in this one place; checked by :mod:`attnmt.utils.schema`
+    before decoding starts)."""
+
+    beam_size: Annotated[int, Ge(1)] = field(default=5, metadata={"help": "1 is greedy decoding", "metavar": "K"})
+    alpha: Annotated[float, Ge(0)] = field(default=0.6, metadata={
+        "help": "GNMT length penalty exponent; 0 ranks by summed log-probability", "metavar": "A"})
+    max_len_ratio: Annotated[float, Gt(0)] = field(default=1.5, metadata={
+        "help": "outputs have at most R * source length + 10 tokens", "metavar": "R"})
+    batch_tokens: Annotated[int, Ge(1)] = field(default=8000, metadata={
+        "help": "padded source tokens per batch (beam search multiplies by beam_size)", "metavar": "N"})
+    n_best: Annotated[int, Ge(1), Le("beam_size")] = field(default=1, metadata={
+        "help": "hypotheses kept (printed) per sentence, best first", "metavar": "N"})
+    device: str = field(default="auto", metadata={
+        "help": "where to decode: auto (the first CUDA GPU where one is visible, else the CPU), cpu, cuda or cuda:N",
+        "metavar": "DEV"})
+
+    @property
+    def search(self) -> str:
+        return "greedy" if self.beam_size == 1 else f"beam {self.beam_size}, alpha {self.alpha}"
