@@ -49,9 +49,10 @@ def configured_values() -> dict[tuple[str, str], dict[str, object]]:
 VALUES = configured_values()
 
 
-def default_of(target: str, name: str):
+def default_of(target: str, name: str) -> tuple[object, str]:
     """The default of ``name`` in the attnmt constructor that takes it (a subclass may pass it on
-    to its base through ``**kwargs``); ``empty`` where it is required or not attnmt's own."""
+    to its base through ``**kwargs``); ``empty`` where it is required or not attnmt's own, with
+    why there is no default to compare."""
     obj = get_object(target)
     for cls in getattr(obj, "__mro__", [obj]):
         init = cls.__dict__.get("__init__") if isinstance(obj, type) else obj
@@ -60,16 +61,22 @@ def default_of(target: str, name: str):
         params = inspect.signature(init).parameters
         if name in params:
             found = params[name].default
-            return found if cls.__module__.startswith("attnmt") else inspect.Parameter.empty
-    return inspect.Parameter.empty
+            where = f"{cls.__module__}.{cls.__qualname__}"
+            if not cls.__module__.startswith("attnmt"):
+                return inspect.Parameter.empty, (f"{name} is a parameter of {where}, not of attnmt's own code: "
+                                                 "its default is not attnmt's to keep equal to conf/")
+            if found is inspect.Parameter.empty:
+                return found, f"{where}() has no default for {name} (a required argument): conf/ is the only place"
+            return found, ""
+    return inspect.Parameter.empty, f"no constructor of {target} names {name}: no default to compare"
 
 
 @pytest.mark.parametrize("target, name", sorted(VALUES), ids=[f"{t.rsplit('.', 1)[-1]}.{n}" for t, n in sorted(VALUES)])
 def test_constructor_defaults_equal_the_configs(target, name):
     by_option = VALUES[(target, name)]
-    default = default_of(target, name)
+    default, why = default_of(target, name)
     if default is inspect.Parameter.empty:
-        return  # required: the config is the only place
+        pytest.skip(why)
     values = {repr(v) for v in by_option.values()}
     if len(values) == 1:  # every config agrees: so must the constructor
         assert default == next(iter(by_option.values())), f"{target}({name}={default!r}) but conf says {by_option}"

@@ -56,6 +56,67 @@ def test_every_model_computes_the_same_with_the_fast_kernels_on_and_off(name, ov
         torch.testing.assert_close(fast[2][key], plain[2][key], rtol=0, atol=1e-10, msg=key)
 
 
+def attention_inputs(batch: int = 1):
+    """A MultiHeadAttention (2 heads of 4) in float64 and its inputs: 3 queries, 5 keys (the last
+    one masked out in the second sentence), repeated ``batch`` times."""
+    from attnmt.models.transformer import MultiHeadAttention
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2, dropout=0.3).double().train()
+    query, memory = torch.randn(2, 3, 8, dtype=torch.double), torch.randn(2, 5, 8, dtype=torch.double)
+    mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    mask[1, ..., 4] = False
+    k, v = mha.project_kv(memory.repeat(batch, 1, 1))
+    return mha, query.repeat(batch, 1, 1), k, v, mask.repeat(batch, 1, 1, 1)
+
+
+def test_fast_attention_dropout_drops_attention_weights_with_the_right_scale(monkeypatch):
+    """With dropout on CPU and the fast kernels on, attention is Eq. 1 written out with the fast
+    dropout on the weights after the softmax: the same as the formula with the same mask, kept
+    weights scaled by 1 / (1 - p)."""
+    monkeypatch.setattr("attnmt.ops.switch.ENABLED", True)
+    mha, query, k, v, mask = attention_inputs()
+    torch.manual_seed(7)
+    got = mha(query, k, v, mask)[0]
+    # The same draws give the same mask: the fast dropout of ones of the weights' shape (B, H, T, S).
+    torch.manual_seed(7)
+    kept = dropout(torch.ones(2, 2, 3, 5, dtype=torch.double), 0.3)
+    scale = 65536 / (65536 - round(0.3 * 65536))  # 1 / (1 - p), p rounded to 1/65536
+    assert kept.unique().tolist() == [0.0, pytest.approx(scale, rel=1e-12)] and abs(scale - 1 / 0.7) < 1e-4
+    assert 0.0 < (kept == 0).double().mean() < 0.5  # some weights dropped, most kept
+    q = query @ mha.q_proj.weight.T + mha.q_proj.bias
+    q = q.view(2, 3, 2, 4).transpose(1, 2)  # (B, H, T, d_k)
+    scores = (q @ k.transpose(-2, -1) / 2.0).masked_fill(~mask, float("-inf"))  # 1 / sqrt(d_k) = 1/2
+    heads = (torch.softmax(scores, -1) * kept) @ v  # (B, H, T, d_k)
+    expected = heads.transpose(1, 2).reshape(2, 3, 8) @ mha.out_proj.weight.T + mha.out_proj.bias
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    mha.eval()
+    assert not torch.allclose(mha(query, k, v, mask)[0], got, atol=1e-3)  # dropout did drop something
+
+
+def test_attention_with_dropout_has_the_same_distribution_with_the_fast_kernels_on_and_off(monkeypatch):
+    """Dropout > 0: the fast path (Eq. 1 written out, the fast mask) and the plain one (PyTorch's
+    scaled_dot_product_attention with its own dropout) draw different masks, so their outputs
+    are compared over many draws: 4000 copies of one batch, each with its own mask. Both means
+    are the output without dropout, and the spread of both is the same."""
+    mha, query, k, v, mask = attention_inputs(batch=4000)
+    with torch.no_grad():
+        exact = mha.eval()(query[:2], k[:2], v[:2], mask[:2])[0]
+        mha.train()
+        out = {}
+        for fast in (True, False):
+            monkeypatch.setattr("attnmt.ops.switch.ENABLED", fast)
+            torch.manual_seed(3)
+            out[fast] = mha(query, k, v, mask)[0].view(4000, 2, 3, 8)
+    spread = out[False].std(0)
+    assert spread.min() > 0.01  # dropout changes every output
+    for fast in (True, False):
+        # 4000 draws: the mean is within a few standard errors (spread / sqrt(4000)) of the exact one.
+        error = (out[fast].mean(0) - exact).abs() / (spread / 4000**0.5)
+        assert error.max() < 5, (fast, error.max())
+    torch.testing.assert_close(out[True].std(0), spread, rtol=0.1, atol=0)
+
+
 def test_the_task_loss_is_the_same_with_the_fast_kernels_on_and_off(monkeypatch):
     from attnmt.train.task import TranslationTask
 

@@ -276,17 +276,19 @@ def test_versions_and_commit_saved_with_the_run_and_in_the_checkpoint(uninterrup
 
 
 DOUBLE_CTRL_C = """
-import os, signal
+import os, signal, sys
 from pytorch_lightning import Callback
 
 class CtrlCTwice(Callback):
-    # Two Ctrl-Cs inside one step: the second must not wait for the step to end.
+    # Two Ctrl-Cs inside one step: the first only asks for a stop at the end of the step (training
+    # goes on), the second must not wait for the step to end.
     def __init__(self, step):
         self.step = step
 
     def on_train_batch_start(self, trainer, *args):
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGINT)
+            print("still running after the first Ctrl-C", file=sys.stderr, flush=True)
             os.kill(os.getpid(), signal.SIGINT)
             raise AssertionError("still running after the second Ctrl-C")
 """
@@ -303,6 +305,11 @@ def test_second_ctrl_c_aborts_at_once_without_saving(small_corpus, tmp_path):
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     out = done.stdout + done.stderr
     assert done.returncode not in (0, 128 + signal.SIGINT), out[-3000:]
+    # The first Ctrl-C did not abort: it announced a stop with a checkpoint, and training went on.
+    first = "Ctrl-C: stopping at the end of this step and saving last.ckpt (Ctrl-C again aborts at once)"
+    assert out.count(first) == 1 and out.count("still running after the first Ctrl-C") == 1, out[-3000:]
+    assert out.index(first) < out.index("still running after the first Ctrl-C")
+    # The second aborted at once: the step did not end, nothing was saved.
     assert "still running after the second Ctrl-C" not in out and "Stopped by Ctrl-C" not in out
     # Nothing new was saved: last.ckpt is the periodic one from before the Ctrl-Cs.
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == EVERY

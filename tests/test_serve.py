@@ -78,16 +78,16 @@ def untrained_backend(request, tmp_path_factory):
         return TorchBackend("x")
 
 
-def recorded(backend, method: str, monkeypatch) -> list:
-    """What ``backend.method`` returns at each call (and, for ``decode``, the sources it was given)."""
-    calls, real = [], getattr(backend, method)
+def recorded_decoding(backend, monkeypatch) -> list:
+    """``(sources, results)`` of each call of ``backend.decode`` (one per batch the server decodes)."""
+    calls, decode = [], backend.decode
 
-    def spy(*args, **keys):
-        result = real(*args, **keys)
-        calls.append((args[0], result))
-        return result
+    def spy(sources, *args):
+        results = decode(sources, *args)
+        calls.append((sources, results))
+        return results
 
-    monkeypatch.setattr(backend, method, spy)
+    monkeypatch.setattr(backend, "decode", spy)
     return calls
 
 
@@ -167,7 +167,7 @@ def test_requests_arriving_together_are_decoded_in_fewer_batches(untrained_backe
     share batches (fewer decoder calls than requests, one holding several of them), and /health
     counts the decoder calls that were made."""
     backend = untrained_backend
-    decoded = recorded(backend, "decode", monkeypatch)  # before the server takes backend.decode
+    decoded = recorded_decoding(backend, monkeypatch)  # before the server takes backend.decode
     lines = [f"w{i} x{i % 7} y{i % 13}" for i in range(100, 108)]
     with serving(backend, batch_wait_ms=300) as port:
         url = f"http://127.0.0.1:{port}"

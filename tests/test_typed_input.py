@@ -432,9 +432,31 @@ def translate_stdin(raw: bytes, argv: list[str], untrained, monkeypatch, capsys)
     return capsys.readouterr().out.split("\n")[:-1]
 
 
-def test_stdin_lines_keep_their_alignment(untrained, monkeypatch, capsys):
+def test_stdin_lines_keep_their_alignment(untrained, monkeypatch, capsys, tmp_path):
+    from attnmt.data.io import iter_lines, iter_stdin, read_lines, read_stdin
+
     lines = [b"w1 x1 y1", b"w2 x2 y2\r", b"   \t", b"w3 \x00 y3", b"", b"w1 x1 y1"]
-    out = translate_stdin(b"\n".join(lines) + b"\n", [], untrained, monkeypatch, capsys)
+    raw = b"\n".join(lines) + b"\n"
+    # attnmt's own reading, before any tokenizer (sentencepiece would drop a CR itself): the CR of a
+    # CRLF line goes, every other character stays, one line per line; from stdin as from a file.
+    expected = ["w1 x1 y1", "w2 x2 y2", "   \t", "w3 \x00 y3", "", "w1 x1 y1"]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    assert list(iter_stdin()) == expected
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    assert read_stdin() == expected
+    (tmp_path / "input.txt").write_bytes(raw)
+    assert list(iter_lines(tmp_path / "input.txt")) == expected and read_lines(tmp_path / "input.txt") == expected
+    # ... and what attnmt-translate gives the tokenizer: those lines, blank ones left out.
+    tokenizer, encoded = untrained[1], []
+    encode = tokenizer.encode_src
+
+    def recording(texts, *args, **keys):
+        encoded.extend(texts)
+        return encode(texts, *args, **keys)
+
+    monkeypatch.setattr(tokenizer, "encode_src", recording)
+    out = translate_stdin(raw, [], untrained, monkeypatch, capsys)
+    assert encoded == [line for line in expected if line.strip()]
     assert len(out) == len(lines)  # one output line per input line
     assert out[2] == "" and out[4] == ""  # blank and whitespace-only lines: an empty translation
     assert out[0] == out[5]

@@ -181,7 +181,7 @@ class TorchBackend(Backend):
         for b, tgt in enumerate(hyps):
             w = cross[b, :, :, : len(tgt) + 1, : len(dataset.src[b])]  # (L, H, T+1, S)
             w = torch.cat([w.mean(1, keepdim=True), w], dim=1)  # head 0: the mean of the heads
-            s, t, m = word_attention(self.tokenizer, dataset.src[b], tgt, __import__("numpy").ones_like(w.numpy()))
+            s, t, m = word_attention(self.tokenizer, dataset.src[b], tgt, w.numpy())
             L, H = w.shape[0], w.shape[1] - 1
             out.append({"source": s, "target": t, "weights": m, "layers": [f"layer {i + 1}" for i in range(L)],
                         "heads": ["mean of heads"] + [f"head {h + 1}" for h in range(H)]})

@@ -1,5 +1,5 @@
 """Decoding with a CTranslate2 export (:mod:`attnmt.deploy.export`) through the same settings as attnmt's
-own search (:class:`attnmt.deploy.translate.DecodeSettings`).
+own search (:class:`attnmt.decode.settings.DecodeSettings`).
 
 What matches attnmt's PyTorch decoder and what does not:
 
