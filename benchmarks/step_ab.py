@@ -93,7 +93,10 @@ def build(package: str, model_name: str):
     else:  # versions before attnmt.models.build_model passed joint_vocab to every model
         model = instantiate(model_cfg, src_vocab_size=V, tgt_vocab_size=V, joint_vocab=True)
     optim_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    optim = importlib.import_module(f"{package}.optim")
+    try:
+        optim = importlib.import_module(f"{package}.train.optim")
+    except ModuleNotFoundError:  # versions before the packages by stage
+        optim = importlib.import_module(f"{package}.optim")
     prefer_fused = getattr(optim, "prefer_fused", None)
     if prefer_fused is None:
         optim_cfg.pop("fused", None)  # that version's config had no such key

@@ -44,7 +44,10 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     return ensure_synthetic(tmp_path_factory.mktemp("synthetic"), num_train=6000, num_valid=200, num_test=200)
 
 
-def tiny_overrides(data_dir: Path, model: str = "rnn_bahdanau", tiny_model: bool = True) -> list[str]:
+def tiny_overrides(data_dir: Path, model: str = "rnn_bahdanau", tiny_model: bool = True,
+                   pictures: bool = False) -> list[str]:
+    """The real config made small. ``pictures``: keep the attention monitor and the run page (seconds
+    at every validation; the tests of those pictures ask for them)."""
     return [
         f"model={model}",
         f"data.data_dir={data_dir}",
@@ -52,6 +55,7 @@ def tiny_overrides(data_dir: Path, model: str = "rnn_bahdanau", tiny_model: bool
         "data.vocab_size=600", "data.max_tokens=2048",
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         *(TINY_MODEL[model] if tiny_model else []),
+        *([] if pictures else ["callbacks.attention_monitor=null", "callbacks.run_page=null"]),
     ]
 
 
@@ -84,7 +88,7 @@ def trained_runs(tiny_data_dir, tmp_path_factory):
     for i, name in enumerate(MODELS):
         cfg = compose_config(
             "train",
-            tiny_overrides(tiny_data_dir, name, tiny_model=False)
+            tiny_overrides(tiny_data_dir, name, tiny_model=False, pictures=True)
             + [f"trainer.max_steps={STEPS}", "trainer.max_epochs=100", "trainer.val_check_interval=200",
                "trainer.check_val_every_n_epoch=null"],
             folder / str(i),

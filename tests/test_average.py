@@ -34,6 +34,7 @@ def val_checkpoints(run) -> dict[int, object]:
     return {torch.load(f, weights_only=False)["global_step"]: f for f in (run / "checkpoints" / "val").glob("*.ckpt")}
 
 
+@pytest.mark.slow
 def test_averaging_the_last_validation_checkpoints_gives_their_mean_weights(run, capsys):
     # Validations after steps 3, 6, 9, 12: the newest 3 are kept.
     files = val_checkpoints(run)
@@ -73,6 +74,7 @@ def test_averaging_refuses_a_folder_without_validation_checkpoints(tmp_path, cap
     assert f"{tmp_path / 'absent'}: no such run folder" in refusal([f"ckpt={tmp_path / 'absent'}"], capsys)
 
 
+@pytest.mark.slow
 def test_averaging_refuses_checkpoints_that_do_not_belong_together(run, tiny_data_dir, tmp_path, capsys):
     mine = val_checkpoints(run)
     out = tmp_path / "avg.ckpt"

@@ -118,6 +118,7 @@ def test_bad_training_input_gives_one_line_error(case, corpus, tmp_path, capsys)
     no_half_written_files(tmp_path)
 
 
+@pytest.mark.slow
 def test_unknown_key_and_unwritable_output_are_refused_before_anything_runs(tmp_path):
     proc = run(["train.py", "trainer.max_stepz=3", f"hydra.run.dir={tmp_path / 'out'}"], tmp_path)
     # Hydra's own message (struct mode kept on); its first line names the key.
@@ -139,6 +140,7 @@ def test_unknown_key_and_unwritable_output_are_refused_before_anything_runs(tmp_
         assert proc.returncode == 2 and f"{locked} is not writable" in proc.stderr
 
 
+@pytest.mark.slow
 def test_crlf_blank_and_overlong_lines_are_handled_and_counted(corpus, tmp_path):
     data = copy_corpus(corpus, tmp_path / "data")
     src, tgt = lines(data / "train.en"), lines(data / "train.xx")
@@ -249,6 +251,7 @@ def nan_config(corpus: Path, out: Path, *extra: str):
                                     "trainer.log_every_n_steps=1", *extra], out)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_step_and_last_good_checkpoint(corpus, tmp_path, monkeypatch):
     poison_steps(monkeypatch, {7})
     with pytest.raises(TrainingError) as err:
@@ -261,6 +264,7 @@ def test_non_finite_loss_stops_naming_step_and_last_good_checkpoint(corpus, tmp_
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fused", ["null", "false"])  # skipped on the device, or by reading the verdict
 def test_non_finite_loss_skipped_and_counted_by_config(corpus, tmp_path, monkeypatch, fused):
     poison_steps(monkeypatch, {3, 8})
@@ -278,6 +282,7 @@ def test_non_finite_loss_skipped_and_counted_by_config(corpus, tmp_path, monkeyp
     assert all(torch.isfinite(v).all() for v in final["state_dict"].values())
 
 
+@pytest.mark.slow
 def test_diverging_learning_rate_stops_with_one_line(corpus, tmp_path):
     # LayerNorm of weights pushed to 1e30 overflows: a real divergence, no hook.
     transformer = ["model=transformer", "model.d_model=32", "model.d_ff=64", "model.num_heads=2",

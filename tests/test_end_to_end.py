@@ -117,6 +117,7 @@ def test_evaluate_bad_checkpoint_gives_one_line_error(make, expected, tmp_path):
     assert not (tmp_path / "out" / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_train_with_mismatched_data_gives_one_line_error(tmp_path):
     data = tmp_path / "data"
     from attnmt.data.synthetic import ensure_synthetic
@@ -134,6 +135,7 @@ def test_train_with_mismatched_data_gives_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_train_with_bad_model_value_gives_one_line_error(tmp_path):
     proc = run_entry("train.py", "model=rnn_luong", "model.attention.score=cosine",
                      f"data.data_dir={tmp_path}", "data.num_train=50", "data.num_valid=5", "data.num_test=5",

@@ -186,7 +186,7 @@ def short_run(tiny_data_dir, out: Path, logger: str, steps: int = 40, command: b
     """A short run with two validations. ``command``: as ``python train.py`` in a process of its own,
     for loggers that leave threads behind (wandb's service threads), which would make every later
     fork of the test process (a DataLoader worker) unsafe."""
-    overrides = tiny_overrides(tiny_data_dir) + [
+    overrides = tiny_overrides(tiny_data_dir, pictures=True) + [
         f"logger={logger}", f"trainer.max_steps={steps}", "trainer.max_epochs=100",
         f"trainer.val_check_interval={steps // 2}", "trainer.check_val_every_n_epoch=null",
         "trainer.log_every_n_steps=10", "callbacks.attention_monitor.num_sentences=2",

@@ -103,6 +103,7 @@ def test_the_task_picks_the_fused_adam_from_its_trainers_precision(precision, fu
     assert task.configure_optimizers().defaults["fused"] is None
 
 
+@pytest.mark.slow
 def test_training_with_scheduler_plateau_follows_validation_bleu(tiny_data_dir, tmp_path):
     """A learning rate too small to learn anything keeps validation BLEU flat; with patience 0 every
     validation after the first halves the rate, as the logged learning rate shows."""
@@ -146,6 +147,7 @@ def test_constant_schedule_warms_up_then_holds_the_optimizers_rate():
         [2 / 3, 4 / 3, 2.0, 2.0, 2.0])
 
 
+@pytest.mark.slow
 def test_linear_schedule_ends_with_trainer_max_steps(tiny_data_dir, tmp_path):
     cfg = compose_config("train", tiny_overrides(tiny_data_dir) + [
         "scheduler=linear", "scheduler.warmup_steps=1", "trainer.max_steps=6", "trainer.log_every_n_steps=1",
@@ -236,6 +238,7 @@ def test_linear_schedule_refuses_a_bad_time_budget(value):
         linear(total_time=value)
 
 
+@pytest.mark.slow
 def test_training_with_a_time_budget_ticks_the_schedule_each_step(tiny_data_dir, tmp_path, monkeypatch):
     # A budget far shorter than one update: after warm-up the rate is min_lr (0) from the next update.
     ticks = []

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import ROOT
 
-STEPS = 120
+STEPS = 80
 EVERY = 10
 
 
@@ -39,7 +39,8 @@ def train_cmd(corpus: Path, run: Path, *extra: str) -> list[str]:
         f"trainer.max_steps={STEPS}", "trainer.max_epochs=1000", "trainer.log_every_n_steps=1",
         "trainer.val_check_interval=25", "trainer.check_val_every_n_epoch=null",
         f"callbacks.last_checkpoint.every_n_train_steps={EVERY}",
-        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra,
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        "callbacks.attention_monitor=null", "callbacks.run_page=null", *extra,  # pictures are tested elsewhere
     ]
 
 
@@ -176,11 +177,12 @@ def test_damaged_last_checkpoint_falls_back_to_the_previous_one(uninterrupted, t
     last.write_bytes(last.read_bytes()[:1000])  # truncated
     previous_step = torch.load(run_dir / "checkpoints" / "last.prev.ckpt", weights_only=False)["global_step"]
 
-    proc = run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}", "trainer.max_steps=130"], tmp_path)
+    proc = run([sys.executable, str(ROOT / "train.py"), f"resume={run_dir}", f"trainer.max_steps={STEPS + 10}"],
+               tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"Skipping {last}: not a readable checkpoint" in proc.stdout
     assert f"Resuming from {run_dir / 'checkpoints' / 'last.prev.ckpt'} instead (step {previous_step})" in proc.stdout
-    assert yaml.safe_load((run_dir / "summary.yaml").read_text())["global_step"] == 130
+    assert yaml.safe_load((run_dir / "summary.yaml").read_text())["global_step"] == STEPS + 10
 
     # With nothing valid left, a one-line error naming the folder.
     for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
@@ -192,6 +194,7 @@ def test_damaged_last_checkpoint_falls_back_to_the_previous_one(uninterrupted, t
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, named",
     [("model.hidden_size=128", "model.hidden_size=128 (run: 64)"), ("seed=7", "seed=7 (run: 1234)"),
@@ -324,12 +327,12 @@ def test_requeued_slurm_job_continues_its_own_run(small_corpus, uninterrupted, t
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted, run_dir)
     env = {**os.environ, "SLURM_RESTART_COUNT": "1"}
-    proc = subprocess.run(train_cmd(small_corpus, run_dir, "trainer.max_steps=130"), cwd=tmp_path, env=env,
+    proc = subprocess.run(train_cmd(small_corpus, run_dir, f"trainer.max_steps={STEPS + 10}"), cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "SLURM requeued this job (SLURM_RESTART_COUNT=1): resuming its run" in proc.stdout
     assert f"Resuming {run_dir} from {run_dir / 'checkpoints' / 'last.ckpt'} (step {STEPS}" in proc.stdout
-    assert yaml.safe_load((run_dir / "summary.yaml").read_text())["global_step"] == 130
+    assert yaml.safe_load((run_dir / "summary.yaml").read_text())["global_step"] == STEPS + 10
 
 
 def made_before_guided_units(run_dir: Path, tmp_path: Path) -> Path:
@@ -343,6 +346,7 @@ def made_before_guided_units(run_dir: Path, tmp_path: Path) -> Path:
     return old
 
 
+@pytest.mark.slow
 def test_run_made_before_a_setting_existed_resumes_with_the_behaviour_it_had(uninterrupted, tmp_path, monkeypatch):
     from attnmt.errors import ConfigError
     from attnmt.train.resume import check_unchanged, resume_argv

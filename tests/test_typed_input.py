@@ -363,18 +363,23 @@ def run(args: list[str], cwd: Path, stdin: bytes = b"") -> subprocess.CompletedP
 
 @pytest.mark.parametrize("args, expected", [
     (["train.py", "model.hidden_size=abc"], "error: model.hidden_size='abc' is not an integer"),
-    (["train.py", "seed=1.5"], "error: data.seed=1.5 (from ${seed}) is not an integer"),
-    (["train.py", "trainer.enable_progress_bar=3"], "error: trainer.enable_progress_bar=3 is not a boolean"),
-    (["train.py", "data=parallel"], "error: data.train_prefix is required"),
+    # One case per entry point proves the wiring in the quick tier; the values themselves are
+    # tested in this process above, so the other subprocess cases (seconds each) are slow.
+    *[pytest.param(*case, marks=pytest.mark.slow) for case in [
+        (["train.py", "seed=1.5"], "error: data.seed=1.5 (from ${seed}) is not an integer"),
+        (["train.py", "trainer.enable_progress_bar=3"], "error: trainer.enable_progress_bar=3 is not a boolean"),
+        (["train.py", "data=parallel"], "error: data.train_prefix is required"),
+        (["evaluate.py", "ckpt=/nonexistent/run", "eval.formats=[png,gif]"],
+         "error: eval.formats=['png', 'gif'] holds 'gif'"),
+        (["evaluate.py"], "error: ckpt is required"),
+        (["evaluate.py", "ckpt=/nonexistent/run", "decode.device=tpu"],
+         "error: decode.device=tpu: expected auto, cpu, cuda or cuda:N"),
+    ]],
     (["evaluate.py", "ckpt=/nonexistent/run", "decode.beam_size=0"], "error: decode.beam_size=0 must be >= 1"),
-    (["evaluate.py", "ckpt=/nonexistent/run", "eval.formats=[png,gif]"],
-     "error: eval.formats=['png', 'gif'] holds 'gif'"),
-    (["evaluate.py"], "error: ckpt is required"),
-    (["evaluate.py", "ckpt=/nonexistent/run", "decode.device=tpu"],
-     "error: decode.device=tpu: expected auto, cpu, cuda or cuda:N"),
     pytest.param(["evaluate.py", "ckpt=/nonexistent/run", "decode.device=cuda"],
                  "error: decode.device=cuda: no CUDA device is visible here; use decode.device=cpu (or auto)",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible here")),
+                 marks=[pytest.mark.slow,
+                        pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible here")]),
 ])
 def test_hydra_entry_points_refuse_wrong_values(args, expected, tmp_path):
     script, *rest = args
