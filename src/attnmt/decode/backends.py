@@ -6,7 +6,7 @@ CTranslate2 export. ``evaluate.py``, ``attnmt-translate`` and ``attnmt-serve`` l
 - ``translate(dataset, settings)``: per sentence its ``n_best`` hypotheses, best first;
 - ``alignments(dataset, pairs, ...)``: word links read from the cross-attention while the model
   reads given targets (teacher-forced), per layer;
-- ``attention(sources, hyps)``: the cross-attention of each output, merged to words (the server's
+- ``attention(dataset, hyps)``: the cross-attention of each output, merged to words (the server's
   picture).
 
 Decoding an export imports no torch.

@@ -174,8 +174,9 @@ def load(cfg: DictConfig) -> tuple[DecodeSettings, EvalSettings, Backend]:
     check_config(cfg, EvaluateSettings)  # every key, before the model loads
     decode: DecodeSettings = build(cfg.decode, "decode")
     e: EvalSettings = build(cfg.eval, "eval", _convert_="all")
-    backend = load_backend(cfg.ckpt, str(decode_device(decode.device)))
-    log.info("Decoding on %s (%s)", decode_device(decode.device), backend.kind)
+    device = decode_device(decode.device)
+    backend = load_backend(cfg.ckpt, str(device))
+    log.info("Decoding on %s (%s)", device, backend.kind)
     return decode, e, backend
 
 
