@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import threading
 import time
@@ -30,16 +29,6 @@ TINY_MODEL = {
     "transformer": ["model.d_model=64", "model.num_heads=4", "model.d_ff=128", "model.encoder_layers=2",
                     "model.decoder_layers=2"],
 }
-
-
-@pytest.fixture(autouse=True)
-def sigint_handler_restored():
-    """Each test starts with the SIGINT handler the session had: a test whose training or server
-    changed it (and left it so when it failed or was killed) cannot change what the next one sees."""
-    before = signal.getsignal(signal.SIGINT)
-    yield
-    if signal.getsignal(signal.SIGINT) is not before:
-        signal.signal(signal.SIGINT, before)
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path | None = None) -> DictConfig:

@@ -160,7 +160,7 @@ def test_ctrl_c_keeps_the_finished_chunks_and_exits_130(monkeypatch, capsys):
     assert calls == [(0, 7), (7, 7), (14, 7)]
 
 
-def test_ctrl_c_while_a_chunk_is_written_lets_it_finish():
+def test_ctrl_c_while_a_chunk_is_written_lets_it_finish(request):
     """SIGINT arriving in the middle of a chunk's write: the chunk is written whole, then the stop."""
 
     class Out(io.StringIO):
@@ -174,7 +174,10 @@ def test_ctrl_c_while_a_chunk_is_written_lets_it_finish():
                 signal.raise_signal(signal.SIGINT)
             return super().write(text[half:])
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler, which translate_stream takes over: a process started in the
+    # background by a shell inherits SIGINT ignored, and then there is no Ctrl-C to handle.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     lines = [f"line {i}" for i in range(5 * CHUNK)]
     out = Out()
     with pytest.raises(Interrupted) as stopped:
