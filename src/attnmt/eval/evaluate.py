@@ -251,9 +251,10 @@ def check_model(decode: DecodeSettings, e: EvalSettings, backend: TorchBackend, 
 
 def align(
     decode: DecodeSettings, e: EvalSettings, backend: Backend, plan: Plan, dataset: ParallelDataset, out_dir: Path,
-) -> tuple[dict, list[list[set[Link]]], int, list[set[Link]] | None]:
+) -> tuple[dict, int, list[set[Link]] | None]:
     """Word alignments of each source with its reference, read by the model (teacher-forced), per
-    layer; the layer reported; their scores against gold; eflomal's links where asked for."""
+    layer, written for the layer reported: the alignment record (scores against gold included),
+    that layer, and eflomal's links where asked for."""
     pairs = [(i, t[1:-1]) for i, t in enumerate(dataset.tgt)]
     per_layer = backend.alignments(dataset, pairs, decode.batch_tokens, None, e.align_method, e.align_threshold,
                                    plan.heads, plan.full_context, e.word_links)
@@ -300,7 +301,7 @@ def align(
             }
     elif e.baseline is not None:
         log.warning("eval.baseline=%s: no gold alignments for %s, so no AER to compare", e.baseline, plan.src_file)
-    return alignment, per_layer, layer, baseline
+    return alignment, layer, baseline
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -313,7 +314,7 @@ def evaluate(cfg: DictConfig) -> dict:
         backend, plan.sources, plan.references, decode, max_len=plan.max_len
     )
     atomic_write_text(out_dir / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
-    alignment, per_layer, layer, baseline = align(decode, e, backend, plan, dataset, out_dir)
+    alignment, layer, baseline = align(decode, e, backend, plan, dataset, out_dir)
 
     pictures: dict[int, list[Path]] = {}
     if isinstance(backend, TorchBackend):
