@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# One command for a machine with one CUDA GPU, about 10 minutes: the GPU tests, the training-speed
-# table (benchmarks/gpu_speed.py) and the 5-minute Multi30k recipe with its test BLEU.
+# One command for a machine with one CUDA GPU, under 10 minutes: the GPU tier (pytest -m gpu) and
+# the decoding-speed table (benchmarks/decode_speed.py). With "training" as third argument it runs
+# instead the training-speed table (benchmarks/gpu_speed.py) and the 5-minute Multi30k recipe.
 #
-#   bash benchmarks/gpu_check.sh [SHARED_DIR] [OUT_DIR]
+#   bash benchmarks/gpu_check.sh [SHARED_DIR] [OUT_DIR] [decoding|training]
 #
 # SHARED_DIR holds data/multi30k and bench/joeynmt/spm/spm8k.model (default ../shared; without
-# them the recipe is skipped). OUT_DIR (default outputs/gpu_check) receives tests.log,
-# gpu_speed.log, gpu_speed.json, recipe.log and the recipe's run folder. Each part has its own time
-# limit, and a part that fails does not stop the next.
+# them the embedded corpus stands in). OUT_DIR (default outputs/gpu_check) receives tests.log,
+# decode_speed.log and decode_speed.json (or gpu_speed.log, gpu_speed.json, recipe.log and the
+# recipe's run folder). Each part has its own time limit, and a part that fails does not stop the next.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${1:-../shared}
 OUT=${2:-outputs/gpu_check}
+PART=${3:-decoding}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -29,9 +31,15 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 
-echo "== GPU tests"
-timeout 150 python3 -m pytest -q -rs -p no:cacheprovider \
-    tests/test_step_sync.py tests/test_precision.py tests/test_models.py -k "cuda or gpu" 2>&1 | tee "$OUT/tests.log"
+if [[ "$PART" == "decoding" ]]; then
+    echo "== GPU tier (pytest -m gpu)"
+    timeout 300 python3 -m pytest -q -rs -p no:cacheprovider -m gpu tests 2>&1 | tail -n 60 | tee "$OUT/tests.log"
+
+    echo "== decoding speed"
+    timeout 270 python3 benchmarks/decode_speed.py --shared "$SHARED" --budget-s 200 --train-seconds 60 --json "$OUT/decode_speed.json" \
+        2>&1 | grep -v -E "^(GPU|TPU|HPU) available|LOCAL_RANK|litlogger|Warning" | tee "$OUT/decode_speed.log"
+    exit 0
+fi
 
 echo "== training speed"
 timeout 270 python3 benchmarks/gpu_speed.py --json "$OUT/gpu_speed.json" 2>&1 \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -18,6 +19,9 @@ from attnmt.train.run import train
 from attnmt.utils.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
+# ATTNMT_GPU_TIER_ON_CPU=1 runs the GPU tier (tests/test_gpu.py) on the CPU: a check of the tests'
+# own code on a machine without a GPU, not of the GPU.
+GPU_TIER_ON_CPU = os.environ.get("ATTNMT_GPU_TIER_ON_CPU") == "1"
 CONF = ROOT / "conf"
 MODELS = ["rnn_bahdanau", "rnn_luong", "transformer"]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -29,6 +33,16 @@ TINY_MODEL = {
     "transformer": ["model.d_model=64", "model.num_heads=4", "model.d_ff=128", "model.encoder_layers=2",
                     "model.decoder_layers=2"],
 }
+
+
+def pytest_collection_modifyitems(config, items):
+    """The GPU tier skips, saying why, where no CUDA device is visible."""
+    if torch.cuda.is_available() or GPU_TIER_ON_CPU:
+        return
+    skip = pytest.mark.skip(reason="the GPU tier needs a CUDA device; none is visible here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path | None = None) -> DictConfig:

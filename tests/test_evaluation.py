@@ -45,7 +45,9 @@ def test_beam_evaluation_writes_reproducible_scores_aer_heatmaps_and_index(train
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     device = "cuda:0" if torch.cuda.is_available() else "cpu"  # decode.device=auto
-    assert saved["decoding"] == {"search": "beam", "beam_size": 5, "alpha": 0.6, "max_len_ratio": 1.5, "device": device}
+    fast_bf16 = device != "cpu" and torch.cuda.get_device_capability() >= (8, 0)
+    assert saved["decoding"] == {"search": "beam", "beam_size": 5, "alpha": 0.6, "max_len_ratio": 1.5, "device": device,
+                                 "compute_type": "bfloat16" if fast_bf16 else "float32"}  # decode.compute_type=auto
 
     # The sacrebleu command on the written files gives the reported figures.
     for metric in ("bleu", "chrf", "ter"):
@@ -100,7 +102,7 @@ def test_evaluation_on_cuda_equals_the_cpu(name, trained_runs, tmp_path):
     results = {
         device: evaluate(compose_config("evaluate", [
             f"ckpt={run_dir}", "decode.beam_size=3", "eval.num_plots=1", "eval.formats=[png]",
-            f"decode.device={device}"], tmp_path / device))
+            f"decode.device={device}", "decode.compute_type=float32"], tmp_path / device))
         for device in ("cpu", "cuda")
     }
     assert results["cuda"]["decoding"]["device"] == "cuda:0" and results["cpu"]["decoding"]["device"] == "cpu"

@@ -116,6 +116,20 @@ def test_beam_bleu_of_the_exports(decoded):
 
 
 @pytest.mark.slow
+def test_an_export_decodes_in_the_compute_type_asked_for(exported_transformer):
+    from attnmt.decode.backends import load_backend
+    from attnmt.errors import ConfigError
+
+    _, folders = exported_transformer
+    assert load_backend(folders["float32"], "cpu").compute_type == "float32"  # auto on the CPU: its own type
+    assert load_backend(folders["int8"], "cpu").compute_type.startswith("int8")
+    assert load_backend(folders["float32"], "cpu", "int8_float32").compute_type == "int8_float32"
+    with pytest.raises(ConfigError, match=r"^compute_type=float16: CTranslate2 has no fast float16 on cpu here; "
+                                          r"it runs .*int8.* \(or auto\)$"):
+        load_backend(folders["float32"], "cpu", "float16")
+
+
+@pytest.mark.slow
 def test_translate_command_on_an_export(decoded, exported_transformer, tiny_data_dir):
     run_dir, folders = exported_transformer
     lines = (tiny_data_dir / "test.en").read_text().splitlines()[:20] + [""]

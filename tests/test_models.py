@@ -153,6 +153,7 @@ def test_transformer_masks_suit_the_cuda_attention_kernels(monkeypatch):
     assert [shape for shape, stride in seen if stride != 1 and shape[-1] > 1] == []
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="decoding on a GPU needs a CUDA device; none here")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_transformer_decoding_on_cuda_equals_the_cpu(dtype):

@@ -44,10 +44,10 @@ CASES = [
     ("rnn_bahdanau", "cpu", "bf16-mixed"),
     ("rnn_luong", "cpu", "bf16-mixed"),
     ("transformer", "cpu", "bf16-mixed"),
-    pytest.param("transformer", "gpu", "bf16-mixed", marks=pytest.mark.skipif(
-        not GPU_BF16, reason="GPU bf16-mixed needs a CUDA GPU of compute capability >= 8.0; none here")),
-    pytest.param("transformer", "gpu", "16-mixed", marks=pytest.mark.skipif(
-        not HAS_CUDA, reason="16-mixed needs a CUDA GPU; none here")),
+    pytest.param("transformer", "gpu", "bf16-mixed", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not GPU_BF16, reason="GPU bf16-mixed needs a CUDA GPU of compute capability >= 8.0; none here")]),
+    pytest.param("transformer", "gpu", "16-mixed", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not HAS_CUDA, reason="16-mixed needs a CUDA GPU; none here")]),
 ]
 
 

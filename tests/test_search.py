@@ -9,12 +9,14 @@ import math
 import pytest
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnmt.data.dataset import encode_for_eval
 from attnmt.data.io import read_parallel
 from attnmt.data.tokenizer import EOS_ID
 from attnmt.decode.checkpoint import load_for_decoding
 from attnmt.decode.hypothesis import length_penalty
+from attnmt.decode import search
 from attnmt.decode.search import beam_search, greedy_search, max_output_lengths, score_hypotheses
 from attnmt.models.base import Seq2Seq
 
@@ -144,6 +146,59 @@ def test_narrow_beams_prune_and_the_greedy_floor_holds():
         )  # two beams lose some optima
         if floor:
             assert all(h.log_prob >= g.log_prob - 1e-4 for h, g in zip(beam, greedy))
+
+
+def test_how_often_the_host_checks_changes_nothing():
+    """Finished sentences leave the batch when the host reads "all finished?": every step on a CPU,
+    every few on a GPU. Until then their beams run on, but nothing they find may count."""
+    model, V = ToyModel(vocab_size=12), 12
+    src, mask = toy_batch(V)
+    runs = {c: beam_search(model, src, mask, 4, 0.6, 1.5, 6, n_best=3, check_every=c) for c in (1, 3, 8)}
+    assert runs[1] == runs[3] == runs[8]
+    assert all(len({tuple(h.tokens) for h in hyps}) == 3 for hyps in runs[1])  # the greedy floor may repeat one
+    lengths = {len(h.tokens) for hyps in runs[1] for h in hyps}
+    assert len(lengths) >= 4 and min(lengths) < 3 < max(lengths)  # sentences end at different steps
+    greedy = {c: greedy_search(model, src, mask, 1.5, 6, 0.6, check_every=c) for c in (1, 3, 8)}
+    assert greedy[1] == greedy[3] == greedy[8]
+
+
+class DeviceReads(TorchDispatchMode):
+    """Counts the operations that make the host wait for the device, other than search.host."""
+
+    WAITS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+             torch.ops.aten.is_nonzero.default, torch.ops.aten.masked_select.default}
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        boolean_index = func is torch.ops.aten.index.Tensor and any(
+            i is not None and i.dtype == torch.bool for i in args[1])
+        if func in self.WAITS or boolean_index:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_searches_read_the_device_only_every_few_steps(name, monkeypatch):
+    """On a GPU each read of a result waits for every queued kernel: the searches read at the
+    start, once every check_every steps and at the end, and the models' decoding steps never."""
+    model = build_tiny_model(name, vocab_size=40)  # untrained: outputs run to the length cap
+    src, mask = toy_batch(40, sentences=8)
+    reads = []
+    monkeypatch.setattr(search, "host", lambda x: reads.append(x.shape) or x.tolist())
+    for size, run in ((1, lambda: greedy_search(model, src, mask, 4.0, 4, check_every=8)),
+                      (5, lambda: beam_search(model, src, mask, 5, 0.6, 4.0, 4, n_best=2, check_every=8))):
+        reads.clear()
+        with DeviceReads() as waits:
+            run()
+        steps = int(max_output_lengths(mask, 4.0, 4).max()) + 1  # 24: the longest output and its </s>
+        assert waits.seen == [], waits.seen
+        checks = math.ceil(steps / 8)  # 3
+        # greedy: the cap, the checks, tokens/lengths/log-probs; beam: its cap and table (5), greedy's.
+        expected = 1 + checks + 3 if size == 1 else (1 + checks) + 1 + checks + 4
+        assert len(reads) <= expected, (size, reads)
 
 
 @pytest.fixture(params=MODELS)

@@ -33,6 +33,7 @@ class FakeBackend(Backend):
     sentence and records what it decoded."""
 
     metadata = {"model": "Fake", "backend": "fake", "checkpoint": "fake.ckpt", "languages": {}}
+    kind = "fake"
 
     def __init__(self, delay: float = 0.0):
         self.delay, self.decoded, self.lock = delay, [], threading.Lock()
@@ -279,8 +280,8 @@ def test_the_model_loads_in_the_thread_that_decodes(monkeypatch):
 
     seen = {}
 
-    def load(ckpt):
-        seen["load"] = threading.current_thread().name
+    def load(ckpt, device, compute_type):
+        seen["load"], seen["where"] = threading.current_thread().name, (device, compute_type)
         return FakeBackend()
 
     def serve(app, settings):
@@ -288,5 +289,6 @@ def test_the_model_loads_in_the_thread_that_decodes(monkeypatch):
 
     monkeypatch.setattr(attnmt.deploy.serve, "load_backend", load)
     monkeypatch.setattr(attnmt.deploy.serve_http, "serve", serve)
-    attnmt.deploy.serve.main(["ckpt=x"])
+    attnmt.deploy.serve.main(["ckpt=x", "device=cpu"])
     assert seen["load"] == seen["decode"] != threading.main_thread().name, seen
+    assert seen["where"] == ("cpu", "auto")

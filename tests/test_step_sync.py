@@ -106,6 +106,7 @@ def test_the_check_catches_a_host_read(tiny_data_dir, tmp_path, monkeypatch):
         train(step_config(tiny_data_dir, tmp_path, "rnn_bahdanau"))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none here")
 @pytest.mark.parametrize("model", MODELS)
 def test_a_cuda_training_step_does_not_synchronize(model, tiny_data_dir, tmp_path, monkeypatch):

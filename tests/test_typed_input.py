@@ -165,6 +165,7 @@ ACCEPTED = {
     ("attnmt-average", "ckpt"), ("attnmt-average", "out"),
     ("attnmt-export", "ckpt"), ("attnmt-export", "out"), ("attnmt-serve", "ckpt"), ("attnmt-serve", "host"),
     ("attnmt-translate", "device"),  # any text types; decode_device names a wrong one (entry-point cases below)
+    ("attnmt-serve", "device"),
     ("attnmt-serve", "api_key"),  # any text is a key
     ("attnmt-serve", "allowed_hosts"),  # text; a name that is not a host is its own error (test_serve_limits)
 }
@@ -405,6 +406,31 @@ def test_decode_device_is_the_one_asked_for_where_it_exists(monkeypatch):
     assert decode_device("auto") == torch.device("cpu")
 
 
+def test_compute_type_auto_is_bfloat16_on_a_fast_bf16_gpu_and_float32_elsewhere(monkeypatch):
+    from attnmt.utils.device import export_compute_type, torch_compute_type
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # Ampere or newer
+    assert torch_compute_type("auto", cuda) == "bfloat16" and torch_compute_type("float32", cuda) == "float32"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))  # a V100
+    assert torch_compute_type("auto", cuda) == "float32" and torch_compute_type("float16", cuda) == "float16"
+    assert torch_compute_type("auto", cpu) == "float32" and torch_compute_type("bfloat16", cpu) == "bfloat16"
+    with pytest.raises(ConfigError, match=r"^compute_type=int8_float16: attnmt's own search computes in float32, "
+                                          r"bfloat16, float16; int8 types are CTranslate2's: export the model"):
+        torch_compute_type("int8_float16", cuda)
+    assert export_compute_type("auto", "cuda", "float32") == "float16"
+    assert export_compute_type("auto", "cuda", "int8") == "int8_float16"
+    assert export_compute_type("auto", "cpu", "int8") == "default"  # the export's own type
+    assert export_compute_type("bfloat16", "cuda", "int8") == "bfloat16"
+
+
+def test_a_checkpoint_refuses_an_int8_compute_type_before_it_loads():
+    from attnmt.deploy.translate import TranslateSettings, Translator
+
+    with pytest.raises(ConfigError, match=r"^compute_type=int8: attnmt's own search"):
+        Translator(TranslateSettings(ckpt="/nonexistent/run"), DecodeSettings(device="cpu", compute_type="int8"))
+
+
 @pytest.mark.parametrize("args, stdin, expected", [
     (["attnmt-translate", "ckpt=/nonexistent/run", "alpha=abc"], b"a b\n", "error: alpha=abc is not a number"),
     (["attnmt-translate", "ckpt=/nonexistent/run"], b"good line\ncaf\xe9\n",
@@ -413,6 +439,14 @@ def test_decode_device_is_the_one_asked_for_where_it_exists(monkeypatch):
      "error: device=gpu: expected auto, cpu, cuda or cuda:N"),
     (["attnmt-average", "ckpt=/nonexistent/run", "last=0"], b"", "error: last=0 must be >= 1"),
     (["attnmt-compare"], b"", "error: the following arguments are required: folder"),
+    *[pytest.param(*case, marks=pytest.mark.slow) for case in [
+        (["attnmt-serve", "ckpt=/nonexistent/run", "device=gpu"], b"",
+         "error: device=gpu: expected auto, cpu, cuda or cuda:N"),
+        (["attnmt-compare", ".", "--device", "tpu"], b"", "error: --device=tpu: expected auto, cpu, cuda or cuda:N"),
+        (["attnmt-translate", "ckpt=/nonexistent/run", "compute_type=int8"], b"a b\n",
+         "error: compute_type=int8: attnmt's own search computes in float32, bfloat16, float16; int8 types are "
+         "CTranslate2's"),
+    ]],
 ])
 def test_console_entry_points_refuse_wrong_values(args, stdin, expected, tmp_path):
     proc = run([*command(args[0]), *args[1:]], tmp_path, stdin)

@@ -66,11 +66,14 @@ def one_batch(dataset) -> int:
 
 class Backend:
     """A loaded model behind the seam. Set by the subclass: ``tokenizer``, ``max_len`` (source
-    pieces kept), ``config`` (the training config), ``name`` (for people), ``kind`` and
-    ``metadata`` (file names only, never a path of the machine)."""
+    pieces kept), ``config`` (the training config), ``name`` (for people), ``kind``,
+    ``metadata`` (file names only, never a path of the machine), and where and how it decodes:
+    ``device`` and ``compute_type`` (resolved: never ``auto``)."""
 
     tokenizer: Any = None
     max_len: int = MAX_LEN
+    device: Any = "cpu"
+    compute_type: str = "float32"
     config: dict
     name: str
     metadata: dict
@@ -136,18 +139,23 @@ class TorchBackend(Backend):
 
     kind = "pytorch"
 
-    def __init__(self, ckpt: str | Path, device: str = "cpu"):
-        from attnmt.decode.checkpoint import load_for_decoding
+    def __init__(self, ckpt: str | Path, device: str = "cpu", compute_type: str = "auto"):
+        import torch
 
+        from attnmt.decode.checkpoint import load_for_decoding
+        from attnmt.utils.device import torch_compute_type
+
+        self.device = torch.device(device)
+        self.compute_type = torch_compute_type(compute_type, self.device)  # before the model loads
         self.model, self.tokenizer, self.config, self.path = load_for_decoding(ckpt)
-        self.model.to(device)
-        self.device = device
+        self.model.to(self.device)
         self.max_len = max_len(self.config)
         self.name = type(self.model).__name__
         self.metadata = {
             "model": self.name, "backend": self.kind, "checkpoint": Path(self.path).name,
             "languages": {"source": self.config["data"].get("src_lang"), "target": self.config["data"].get("tgt_lang")},
             "attention": "cross-attention, every layer and head",
+            "device": str(self.device), "compute_type": self.compute_type,
         }
 
     def sources(self, ids: list[list[int]]):
@@ -158,7 +166,7 @@ class TorchBackend(Backend):
     def translate(self, dataset, settings, progress=False, rescore=False):
         from attnmt.decode.search import translate_dataset
 
-        return translate_dataset(self.model, dataset, settings, progress)
+        return translate_dataset(self.model, dataset, settings, progress, self.compute_type)
 
     def alignments(self, dataset, pairs, batch_tokens=8000, layers=None, method="argmax", threshold=0.5, heads=None,
                    full_context=False, word_links="merged"):
@@ -194,10 +202,12 @@ class ExportBackend(Backend):
 
     kind = "ctranslate2"
 
-    def __init__(self, path: str | Path, device: str = "cpu", device_index: int = 0):
+    def __init__(self, path: str | Path, device: str = "cpu", device_index: int = 0, compute_type: str = "auto"):
         from attnmt.decode.ct2 import ExportedModel
 
-        self.exported = ExportedModel(path, device=device, device_index=device_index)
+        self.exported = ExportedModel(path, device=device, device_index=device_index, compute_type=compute_type)
+        self.device = f"{device}:{device_index}" if device == "cuda" else device
+        self.compute_type = self.exported.compute_type
         self.path = Path(path)
         self.tokenizer, self.max_len, self.config = self.exported.tokenizer, self.exported.max_len, self.exported.config
         meta = self.exported.meta
@@ -208,6 +218,7 @@ class ExportBackend(Backend):
             "checkpoint": Path(str(meta["source_checkpoint"])).name,
             "export": self.path.resolve().name, "quantization": meta["quantization"],
             "languages": meta["languages"], "attention": meta["attention"],
+            "device": self.device, "compute_type": self.compute_type,
         }
 
     def translate(self, dataset, settings, progress=False, rescore=False):
@@ -237,12 +248,13 @@ class ExportBackend(Backend):
         return {"source": s, "target": t, "weights": m, "layers": ["last layer"], "heads": ["mean of heads"]}
 
 
-def load_backend(ckpt: str | Path, device: str = "cpu") -> Backend:
+def load_backend(ckpt: str | Path, device: str = "cpu", compute_type: str = "auto") -> Backend:
     """The model at ``ckpt``: a CTranslate2 export (a folder written by ``attnmt-export``), or a
-    checkpoint or training run folder. ``device``: ``cpu``, ``cuda`` or ``cuda:N``."""
+    checkpoint or training run folder. ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (resolved by
+    :func:`attnmt.utils.device.decode_device`); ``compute_type``: see :mod:`attnmt.utils.device`."""
     from attnmt.decode.exported import is_exported
 
     if is_exported(ckpt):
         kind, _, index = str(device).partition(":")
-        return ExportBackend(ckpt, device=kind, device_index=int(index or 0))
-    return TorchBackend(ckpt, device)
+        return ExportBackend(ckpt, device=kind, device_index=int(index or 0), compute_type=compute_type)
+    return TorchBackend(ckpt, device, compute_type)

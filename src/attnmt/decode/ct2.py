@@ -31,6 +31,7 @@ from attnmt.data.buckets import length_sorted_batches
 from attnmt.data.tokenizer import Tokenizer
 from attnmt.decode.exported import import_ctranslate2, read_metadata
 from attnmt.decode.hypothesis import Hypothesis, length_penalty
+from attnmt.errors import ConfigError
 from attnmt.utils.stored import MAX_LEN, model_name
 
 if TYPE_CHECKING:  # decoding an export needs no torch: any object with .src and .lengths() will do
@@ -42,8 +43,12 @@ class ExportedModel:
 
     def __init__(
         self, path: str | Path, device: str = "cpu", intra_threads: int = 0, inter_threads: int = 1,
-        device_index: int = 0,
+        device_index: int = 0, compute_type: str = "auto",
     ):
+        """``device``: ``cpu`` or ``cuda`` (GPU ``device_index``); ``compute_type``: CTranslate2's
+        (:func:`attnmt.utils.device.export_compute_type`; ``auto``: float16 on a GPU)."""
+        from attnmt.utils.device import export_compute_type
+
         ctranslate2 = import_ctranslate2()
         self.path = Path(path)
         self.meta = read_metadata(self.path)
@@ -53,10 +58,17 @@ class ExportedModel:
         )
         self.config = self.meta["config"]
         self.max_len = int(self.meta.get("max_len", MAX_LEN))
-        self.translator = ctranslate2.Translator(
-            str(self.path), device=device, device_index=device_index, intra_threads=intra_threads,
-            inter_threads=inter_threads,
-        )
+        wanted = export_compute_type(compute_type, device, str(self.meta["quantization"]))
+        try:
+            self.translator = ctranslate2.Translator(
+                str(self.path), device=device, device_index=device_index, intra_threads=intra_threads,
+                inter_threads=inter_threads, compute_type=wanted,
+            )
+        except ValueError:  # a compute type the device does not run
+            have = sorted(ctranslate2.get_supported_compute_types(device, device_index))
+            raise ConfigError(f"compute_type={compute_type}: CTranslate2 has no fast {wanted} on {device} here; "
+                              f"it runs {', '.join(have)} (or auto)") from None
+        self.compute_type = self.translator.compute_type  # what CTranslate2 chose (auto: the export's own)
         tok = self.tokenizer
         self.src_vocab = tok.src_pieces(list(range(tok.src_vocab_size)))  # model id -> piece
         self.tgt_vocab = tok.tgt_pieces(list(range(tok.tgt_vocab_size)))

@@ -34,36 +34,61 @@ def max_output_lengths(src_mask: Tensor, max_len_ratio: float, max_len_extra: in
     return (src_mask.sum(1).float() * max_len_ratio).long() + max_len_extra
 
 
+def host(x: Tensor) -> list:
+    """The one way the searches read the device: each call waits for the GPU to catch up, so they
+    read at start, every ``check_every`` steps (has every sentence finished?) and at the end."""
+    return x.tolist()
+
+
+def check_interval(device: torch.device, check_every: int | None) -> int:
+    """Steps between the searches' "all finished?" reads: every step on the CPU (a read costs
+    nothing there, and finished sentences leave the batch at once), every 8 on a GPU."""
+    return check_every or (1 if device.type == "cpu" else 8)
+
+
 @torch.no_grad()
-def greedy_search(
-    model: Seq2Seq, src: Tensor, src_mask: Tensor, max_len_ratio: float = 1.5, max_len_extra: int = 10,
-    alpha: float = 0.0, enc: State | None = None,
-) -> list[Hypothesis]:
-    """Batched greedy decoding: the fast path of beam size 1 (the tests check they agree).
-    ``enc``: the sources already encoded, if the caller has them."""
-    enc = model.encode(src, src_mask) if enc is None else enc
+def greedy_tokens(
+    model: Seq2Seq, enc: State, src_mask: Tensor, max_len_ratio: float = 1.5, max_len_extra: int = 10,
+    check_every: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Greedy decoding on the device: ``(tokens (B, T), lengths (B,), log_probs (B,))``; row ``b``
+    holds its tokens, then ``</s>`` and padding; ``log_probs`` count ``</s>``."""
     state = model.init_state(enc)
-    B = src.size(0)
+    B, device = src_mask.size(0), src_mask.device
     limit = max_output_lengths(src_mask, max_len_ratio, max_len_extra)  # (B,)
-    prev = torch.full((B,), BOS_ID, dtype=torch.long, device=src.device)
-    finished = torch.zeros(B, dtype=torch.bool, device=src.device)
-    log_prob = torch.zeros(B, device=src.device)
+    every = check_interval(device, check_every)
+    prev = torch.full((B,), BOS_ID, dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    lengths = torch.zeros(B, dtype=torch.long, device=device)
+    log_prob = torch.zeros(B, device=device)
     steps = []
-    for t in range(int(limit.max()) + 1):
+    for t in range(max(host(limit)) + 1):
         logits, state, _ = model.decode_step(enc, state, prev)
         token = torch.where(t >= limit, EOS_ID, logits.argmax(-1)).masked_fill(finished, EOS_ID)  # (B,)
         step_logp = F.log_softmax(logits.float(), dim=-1).gather(1, token.unsqueeze(1)).squeeze(1)
         log_prob += step_logp.masked_fill(finished, 0.0)
+        lengths += (~finished).long()
         steps.append(token)
         finished |= token == EOS_ID
         prev = token
-        if bool(finished.all()):
+        if (t + 1) % every == 0 and all(host(finished.all().unsqueeze(0))):
             break
-    out = torch.stack(steps, dim=1).tolist()  # (B, T): every row holds an </s>
+    return torch.stack(steps, dim=1), lengths - 1, log_prob  # lengths without </s>
+
+
+@torch.no_grad()
+def greedy_search(
+    model: Seq2Seq, src: Tensor, src_mask: Tensor, max_len_ratio: float = 1.5, max_len_extra: int = 10,
+    alpha: float = 0.0, enc: State | None = None, check_every: int | None = None,
+) -> list[Hypothesis]:
+    """Batched greedy decoding: the fast path of beam size 1 (the tests check they agree).
+    ``enc``: the sources already encoded, if the caller has them; ``check_every``: steps between
+    reads of "all finished?" (:func:`check_interval`)."""
+    enc = model.encode(src, src_mask) if enc is None else enc
+    tokens, lengths, log_prob = greedy_tokens(model, enc, src_mask, max_len_ratio, max_len_extra, check_every)
     hyps = []
-    for row, lp in zip(out, log_prob.tolist()):
-        tokens = row[: row.index(EOS_ID)]
-        hyps.append(Hypothesis(tokens, lp / length_penalty(len(tokens) + 1, alpha), lp))
+    for row, n, lp in zip(host(tokens), host(lengths), host(log_prob)):
+        hyps.append(Hypothesis(row[:n], lp / length_penalty(n + 1, alpha), lp))
     return hyps
 
 
@@ -78,68 +103,96 @@ def beam_search(
     max_len_extra: int = 10,
     n_best: int = 1,
     greedy_floor: bool = True,
+    check_every: int | None = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search: returns, per sentence, its ``n_best`` hypotheses, best first.
 
     Each step scores ``K x V`` extensions of every sentence's ``K`` live beams and keeps the top
     ``2K``: those ending in ``</s>`` among the first ``K`` are finished (scored with the GNMT length
-    penalty ``alpha``), the best ``K`` others live on. A sentence stops, and leaves the batch, at
-    its length cap (where ``</s>`` is forced) or once it has ``n_best`` finished hypotheses and the
-    best of them outscores every live beam ended now. With ``alpha = 0`` that test is exact: log-
-    probabilities only fall as a hypothesis grows, so no live beam could still win.
+    penalty ``alpha``), the best ``K`` others live on. A sentence is done at its length cap (where
+    ``</s>`` is forced) or once it has ``n_best`` finished hypotheses and the best of them
+    outscores every live beam ended now. With ``alpha = 0`` that test is exact: log-probabilities
+    only fall as a hypothesis grows, so no live beam could still win.
 
     Pruning can lose the greedy path (a weak model's beams may all go astray after it left them),
     so with ``greedy_floor`` the greedy hypothesis (a fifth of a 5-beam search's work) joins the
     finished ones: the best hypothesis never scores below greedy decoding's, and its score is a
     bound that lets sentences stop early.
+
+    Everything stays on the device: the finished hypotheses are a table of the best ``n_best``
+    (+1 for the greedy one, which a beam may repeat) per sentence, merged each step. The host
+    reads whether every sentence is done every ``check_every`` steps (:func:`check_interval`);
+    then done sentences leave the batch. Until then a done sentence's beams run on, but nothing
+    they find is kept, so the result does not depend on ``check_every``.
     """
     if beam_size < 1 or not 1 <= n_best <= beam_size:
         raise ValueError(f"need beam_size >= 1 and 1 <= n_best <= beam_size, got {beam_size}, {n_best}")
     K, device = beam_size, src.device
     B = src.size(0)
+    every = check_interval(device, check_every)
     encoded = model.encode(src, src_mask)
     limit = max_output_lengths(src_mask, max_len_ratio, max_len_extra)  # (B,)
+    limit_host = host(limit)
+    T = max(limit_host) + 1  # the longest hypothesis has max(limit) tokens; </s> comes at step max(limit)
+    neg_inf = float("-inf")
+
+    # The finished table, per original sentence: F slots of tokens, length, log-prob and ranking score.
+    floor = greedy_floor and K > 1
+    Fn = n_best + int(floor)
+    fin_tokens = torch.zeros(B, Fn, T, dtype=torch.long, device=device)
+    fin_len = torch.zeros(B, Fn, dtype=torch.long, device=device)
+    fin_logp = torch.zeros(B, Fn, device=device)
+    fin_score = torch.full((B, Fn), neg_inf, device=device)
+    n_finished = torch.zeros(B, dtype=torch.long, device=device)
+    best_finished = torch.full((B,), neg_inf, device=device)  # (B,) best normalised score
+    if floor:
+        tokens, lengths, log_prob = greedy_tokens(model, encoded, src_mask, max_len_ratio, max_len_extra, every)
+        fin_tokens[:, 0, : tokens.size(1)] = tokens  # (B, <= T): read up to its length
+        fin_len[:, 0], fin_logp[:, 0] = lengths, log_prob
+        fin_score[:, 0] = best_finished = log_prob / length_penalty(lengths + 1, alpha)  # not counted in n_finished
 
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,) beam k of sentence b at b*K+k
     enc = select_batch(encoded, rows)
     state = model.init_state(enc)
-    sentence = torch.arange(B, device=device)  # (n,) original index of each live sentence
-    scores = torch.full((B, K), float("-inf"), device=device)  # (n, K) summed log-probs of live beams
+    live_host = list(range(B))  # original index of each live sentence, on the host ...
+    sentence = torch.arange(B, device=device)  # (n,) ... and on the device
+    scores = torch.full((B, K), neg_inf, device=device)  # (n, K) summed log-probs of live beams
     scores[:, 0] = 0.0  # all beams start as <s>; only one may expand at first
-    prefix = torch.empty(B * K, 0, dtype=torch.long, device=device)  # (n*K, t)
+    prefix = torch.zeros(B * K, T, dtype=torch.long, device=device)  # (n*K, T): t tokens at step t
     prev = torch.full((B * K,), BOS_ID, dtype=torch.long, device=device)
-    n_finished = torch.zeros(B, dtype=torch.long, device=device)
-    best_finished = torch.full((B,), float("-inf"), device=device)  # (B,) best normalised score
-    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-    if greedy_floor and K > 1:
-        for b, h in enumerate(greedy_search(model, src, src_mask, max_len_ratio, max_len_extra, alpha, encoded)):
-            finished[b].append(h)
-            best_finished[b] = h.score
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # (n,)
+    forced = torch.full((1,), neg_inf, device=device)  # set to a (V,) row of -inf but </s> at first use
 
-    for t in range(int(limit.max()) + 1):
-        n = sentence.numel()
+    for t in range(T):
+        n = len(live_host)
         logits, state, _ = model.decode_step(enc, state, prev)
         logp = F.log_softmax(logits.float(), dim=-1)  # (n*K, V)
         V = logp.size(-1)
         logp = logp.view(n, K, V)
         at_limit = t >= limit[sentence]  # (n,)
-        if bool(at_limit.any()):
-            forced = torch.full_like(logp[0, 0], float("-inf"))
-            forced[EOS_ID] = 0.0
+        if t >= min(limit_host[b] for b in live_host):  # known on the host: no read
+            if forced.numel() == 1:
+                forced = torch.full_like(logp[0, 0], neg_inf)
+                forced[EOS_ID] = 0.0
             logp = torch.where(at_limit.view(n, 1, 1), forced + logp[..., EOS_ID : EOS_ID + 1], logp)
         candidates = (scores.unsqueeze(-1) + logp).view(n, K * V)
         top_scores, top_index = candidates.topk(2 * K, dim=1)  # (n, 2K)
         top_beam, top_token = top_index // V, top_index % V
-        ends = (top_token == EOS_ID) & torch.isfinite(top_scores)  # (n, 2K)
-        ends[:, K:] = False  # an </s> ranked below K live candidates would not have made the beam
 
-        if bool(ends.any()):
-            lp = length_penalty(t + 1, alpha)  # t tokens and </s>
-            for (i, _), s, b in zip(ends.nonzero().tolist(), top_scores[ends].tolist(), top_beam[ends].tolist()):
-                finished[int(sentence[i])].append(Hypothesis(prefix[i * K + b].tolist(), s / lp, s))
-            n_finished[sentence] += ends.sum(1)
-            ended = top_scores.masked_fill(~ends, float("-inf")).max(1).values / lp  # (n,)
-            best_finished[sentence] = torch.maximum(best_finished[sentence], ended)
+        # Candidates among the first K that end in </s> join the finished table (not a done sentence's).
+        lp = length_penalty(t + 1, alpha)  # t tokens and </s>
+        ends = (top_token[:, :K] == EOS_ID) & torch.isfinite(top_scores[:, :K]) & ~done.unsqueeze(1)  # (n, K)
+        new_score = (top_scores[:, :K] / lp).masked_fill(~ends, neg_inf)  # (n, K)
+        table = torch.cat([fin_score[sentence], new_score], 1).topk(Fn, dim=1).indices  # (n, F) of F + K
+        new_tokens = prefix.view(n, K, T).gather(1, top_beam[:, :K, None].expand(n, K, T))  # (n, K, T)
+        pick = table.unsqueeze(-1).expand(n, Fn, T)
+        fin_tokens[sentence] = torch.cat([fin_tokens[sentence], new_tokens], 1).gather(1, pick)
+        t_len = torch.full((n, K), t, dtype=torch.long, device=device)
+        fin_len[sentence] = torch.cat([fin_len[sentence], t_len], 1).gather(1, table)
+        fin_logp[sentence] = torch.cat([fin_logp[sentence], top_scores[:, :K]], 1).gather(1, table)
+        fin_score[sentence] = torch.cat([fin_score[sentence], new_score], 1).gather(1, table)
+        n_finished[sentence] += ends.sum(1)
+        best_finished[sentence] = torch.maximum(best_finished[sentence], new_score.max(1).values)
 
         # The best K candidates that did not end live on (there are always K: at most K end).
         rank = torch.arange(2 * K, device=device).expand(n, 2 * K).masked_fill(top_token == EOS_ID, 4 * K)
@@ -150,20 +203,29 @@ def beam_search(
 
         # Live beams now hold t + 1 tokens; ending them next would give length t + 2.
         best_live = scores.max(1).values / length_penalty(t + 2, alpha)  # (n,)
-        done = at_limit | ((n_finished[sentence] >= n_best) & (best_finished[sentence] >= best_live))  # (n,)
-        if bool(done.all()):
-            break
-        if bool(done.any()):
-            live = (~done).nonzero().squeeze(1)  # (n',)
-            live_rows = (live.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)
-            beam_rows, prev = beam_rows[live_rows], prev[live_rows]
-            scores, sentence = scores[live], sentence[live]
-            enc = select_batch(enc, live_rows)
+        done |= at_limit | ((n_finished[sentence] >= n_best) & (best_finished[sentence] >= best_live))  # (n,)
         state = select_batch(state, beam_rows)
-        prefix = torch.cat([prefix[beam_rows], prev.unsqueeze(1)], dim=1)
+        prefix = prefix.index_select(0, beam_rows)
+        prefix[:, t] = prev
+        if (t + 1) % every and t + 1 < T:
+            continue
+        flags = host(done)
+        if all(flags):
+            break
+        if any(flags):  # done sentences leave the batch
+            kept = [i for i, f in enumerate(flags) if not f]
+            live_host = [live_host[i] for i in kept]
+            live = torch.tensor(kept, device=device)  # (n',)
+            live_rows = (live.unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)
+            state, enc = select_batch(state, live_rows), select_batch(enc, live_rows)
+            prefix, prev = prefix[live_rows], prev[live_rows]
+            scores, sentence, done = scores[live], sentence[live], done[live]
 
     out = []
-    for hyps in finished:
+    table = zip(host(fin_tokens), host(fin_len), host(fin_logp), host(fin_score))
+    for tokens, lengths, log_probs, ranked in table:
+        hyps = [Hypothesis(row[:n], lp / length_penalty(n + 1, alpha), lp)
+                for row, n, lp, s in zip(tokens, lengths, log_probs, ranked) if s > neg_inf]
         unique = {tuple(h.tokens): h for h in sorted(hyps, key=lambda h: h.score)}  # best copy wins
         out.append(sorted(unique.values(), key=lambda h: -h.score)[:n_best])
     return out
@@ -199,19 +261,23 @@ def forced_attention(
 
 
 def translate_dataset(
-    model: Seq2Seq, dataset: ParallelDataset, settings: DecodeSettings, progress: bool = True
+    model: Seq2Seq, dataset: ParallelDataset, settings: DecodeSettings, progress: bool = True,
+    compute_type: str = "float32",
 ) -> list[list[Hypothesis]]:
     """Decode every source of ``dataset`` in length-sorted token-budget batches: per sentence, in
-    the dataset's order, its ``n_best`` hypotheses, best first."""
+    the dataset's order, its ``n_best`` hypotheses, best first. ``compute_type``: float32, or
+    bfloat16/float16 under autocast (the weights stay float32; scores are summed in float32)."""
     from tqdm import tqdm
 
     sampler = TokenBucketBatchSampler(dataset.lengths(), settings.batch_tokens, shuffle=False)
     out: list[list[Hypothesis] | None] = [None] * len(dataset)
     device = next(model.parameters()).device  # decode.device: where the caller put the model
-    with torch.inference_mode():
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(compute_type)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         for indices in tqdm(list(sampler), desc="decoding", unit="batch", disable=not progress, file=sys.stderr):
             batch = dataset.collate(indices)
-            src, src_mask = batch["src"].to(device), batch["src_mask"].to(device)  # (B, S)
+            src = batch["src"].to(device, non_blocking=True)  # (B, S)
+            src_mask = batch["src_mask"].to(device, non_blocking=True)
             if settings.beam_size == 1:
                 hyps = [[h] for h in greedy_search(model, src, src_mask, settings.max_len_ratio, alpha=settings.alpha)]
             else:

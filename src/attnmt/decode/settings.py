@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
+from attnmt.utils.device import COMPUTE_TYPES
 from attnmt.utils.schema import Ge, Gt, Le
 
 
@@ -26,6 +27,10 @@ class DecodeSettings:
     device: str = field(default="auto", metadata={
         "help": "where to decode: auto (the first CUDA GPU where one is visible, else the CPU), cpu, cuda or cuda:N",
         "metavar": "DEV"})
+    compute_type: Literal[COMPUTE_TYPES] = field(default="auto", metadata={
+        "help": "number format: auto is bfloat16 on a GPU with fast bf16 (an export: float16), else float32 "
+                "(an export: its own type); int8 types are for exports only",
+        "metavar": "T"})
 
     @property
     def search(self) -> str:

@@ -31,11 +31,12 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from attnmt.decode.backends import load_backend  # noqa: F401 (part of this module's interface)
 from attnmt.deploy.serve_http import RequestError
 from attnmt.errors import ConfigError
+from attnmt.utils.device import COMPUTE_TYPES
 from attnmt.utils.schema import Ge, Gt, Le
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,11 @@ class ServeSettings:
         10.0, "a client must send its headers, and then its body, within S seconds", "S")
     allowed_hosts: str = _key("auto", "Host headers answered, comma-separated (DNS rebinding); auto: loopback names "
                               "when host is a loopback address, else any (*)", "H,..")
+    device: str = _key("auto", "where to decode: auto (the first CUDA GPU where one is visible, else the CPU), cpu, "
+                       "cuda or cuda:N", "DEV")
+    compute_type: Literal[COMPUTE_TYPES] = _key("auto", "number format: auto is bfloat16 on a GPU with fast bf16 "
+                                                "(an export: float16), else float32 (an export: its own type); int8 "
+                                                "types are for exports only", "T")
     api_key: str = _key("", 'require "Authorization: Bearer KEY" on /translate and /metadata; better set in the '
                         f"environment as {API_KEY_ENV}, which ps does not show (empty: none)", "KEY")
 
@@ -292,8 +298,12 @@ def main(argv: list[str] | None = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         args.hosts()  # a bad name stops here, before the model loads
         executor = decoding_thread()
-        backend = executor.submit(load_backend, args.ckpt).result()
-        print(f"attnmt-serve: {backend.metadata['model']} on http://{args.host}:{args.port}/", file=sys.stderr)
+        from attnmt.utils.device import decode_device
+
+        device = str(decode_device(args.device, "device"))  # a device that is not there stops here
+        backend = executor.submit(load_backend, args.ckpt, device, args.compute_type).result()
+        print(f"attnmt-serve: {backend.metadata['model']} ({backend.kind}, {backend.device}, {backend.compute_type}) "
+              f"on http://{args.host}:{args.port}/", file=sys.stderr)
         if args.hosts() == ["*"] and args.host not in LOOPBACK:
             print("attnmt-serve: answering any Host header; set allowed_hosts= to the names clients use",
                   file=sys.stderr)

@@ -99,7 +99,7 @@ class Translator:
         from attnmt.utils.device import decode_device
 
         self.args, self.settings, self.progress = args, settings, progress
-        self.backend = load_backend(args.ckpt, str(decode_device(settings.device, "device")))
+        self.backend = load_backend(args.ckpt, str(decode_device(settings.device, "device")), settings.compute_type)
 
     def translate(self, lines: list[str], first_index: int = 0) -> list[str]:
         """The output rows for ``lines``: one per line, or with ``n_best``, ``scores`` or

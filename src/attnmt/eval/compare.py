@@ -56,7 +56,7 @@ def run_page_link(run: Path, folder: Path) -> str:
     return f"[index.html]({page.relative_to(folder).as_posix()})" if page.is_file() else ""
 
 
-def summarize(run: Path, label: str, split: str = "test") -> dict:
+def summarize(run: Path, label: str, split: str = "test", device: str = "cpu", compute_type: str = "auto") -> dict:
     import yaml
 
     from attnmt.data.io import read_parallel
@@ -66,7 +66,7 @@ def summarize(run: Path, label: str, split: str = "test") -> dict:
     from attnmt.utils.stored import target_name
 
     summary = yaml.safe_load((run / "summary.yaml").read_text())
-    backend = load_backend(run)
+    backend = load_backend(run, device, compute_type)
     src, ref, _ = split_files(backend.config, split, None, None)
     *_, scores = decode_lines(backend, *read_parallel(src, ref), DecodeSettings(beam_size=1), progress=False)
     return {
@@ -77,6 +77,7 @@ def summarize(run: Path, label: str, split: str = "test") -> dict:
         "best_val_bleu": round(summary["best_val_bleu"], 2) if summary["best_val_bleu"] is not None else None,
         "test_bleu": scores["bleu"]["score"],
         "signature": scores["bleu"]["signature"],
+        "decoding": f"greedy, {backend.device}, {backend.compute_type}",
     }
 
 
@@ -101,19 +102,25 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     save_figure(fig, path.with_suffix(""), (path.suffix.lstrip("."),))
 
 
-def compare(folder: str | Path) -> list[dict]:
+def compare(folder: str | Path, device: str = "auto", compute_type: str = "auto") -> list[dict]:
+    """``device`` and ``compute_type``: where and how the test split is decoded (as evaluate.py's
+    ``decode.device`` and ``decode.compute_type``)."""
+    from attnmt.utils.device import decode_device
+
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
+    where = str(decode_device(device, "--device"))
     runs = find_runs(folder)
-    rows = [summarize(run, label) | {"page": run_page_link(run, folder)} for run, label in zip(runs, run_labels(runs))]
-    signature = rows[0]["signature"]
+    rows = [summarize(run, label, device=where, compute_type=compute_type) | {"page": run_page_link(run, folder)}
+            for run, label in zip(runs, run_labels(runs))]
+    signature, decoding = rows[0]["signature"], rows[0]["decoding"]
     atomic_write_text(
         folder / "comparison.md",
-        markdown_table(rows) + f"\nTest BLEU: greedy decoding, sacreBLEU `{signature}`.\n",
+        markdown_table(rows) + f"\nTest BLEU: {decoding} decoding, sacreBLEU `{signature}`.\n",
     )
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS + ["signature"])
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS + ["signature", "decoding"])
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(folder / "comparison.csv", buf.getvalue())
@@ -128,8 +135,12 @@ def main(argv: list[str] | None = None) -> None:
         "of validation BLEU against step.",
     )
     parser.add_argument("folder", help="a multirun folder, e.g. outputs/train/multiruns/<date>_<time>")
+    parser.add_argument("--device", default="auto", help="where to decode the test split: auto (the first CUDA GPU "
+                        "where one is visible, else the CPU), cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--compute-type", default="auto", help="float32, bfloat16 or float16; auto: bfloat16 on a "
+                        "GPU with fast bf16, else float32 (default: auto)")
     args = parser.parse_args(argv)
-    rows = exit_on_user_error(compare)(args.folder)
+    rows = exit_on_user_error(compare)(args.folder, args.device, args.compute_type)
     print(markdown_table(rows))
     print(f"Written: {Path(args.folder) / 'comparison.md'}, comparison.csv, val_bleu.png")
 

@@ -174,9 +174,8 @@ def load(cfg: DictConfig) -> tuple[DecodeSettings, EvalSettings, Backend]:
     check_config(cfg, EvaluateSettings)  # every key, before the model loads
     decode: DecodeSettings = build(cfg.decode, "decode")
     e: EvalSettings = build(cfg.eval, "eval", _convert_="all")
-    device = decode_device(decode.device)
-    backend = load_backend(cfg.ckpt, str(device))
-    log.info("Decoding on %s (%s)", device, backend.kind)
+    backend = load_backend(cfg.ckpt, str(decode_device(decode.device)), decode.compute_type)
+    log.info("Decoding on %s in %s (%s)", backend.device, backend.compute_type, backend.kind)
     return decode, e, backend
 
 
@@ -344,7 +343,8 @@ def report(
         "hypothesis_file": "hypotheses.txt",
         "decoding": {
             "search": "greedy" if decode.beam_size == 1 else "beam", "beam_size": decode.beam_size,
-            "alpha": decode.alpha, "max_len_ratio": decode.max_len_ratio, "device": str(decode_device(decode.device)),
+            "alpha": decode.alpha, "max_len_ratio": decode.max_len_ratio, "device": str(backend.device),
+            "compute_type": backend.compute_type,
         },
         "max_len": plan.max_len,
         "cut_sentences": plan.cut,
