@@ -33,10 +33,10 @@ python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.versio
 
 if [[ "$PART" == "decoding" ]]; then
     echo "== GPU tier (pytest -m gpu)"
-    timeout 300 python3 -m pytest -q -rs -p no:cacheprovider -m gpu tests 2>&1 | tail -n 60 | tee "$OUT/tests.log"
+    timeout 320 python3 -m pytest -q -rs -p no:cacheprovider -m gpu tests 2>&1 | tail -n 60 | tee "$OUT/tests.log"
 
     echo "== decoding speed"
-    timeout 270 python3 benchmarks/decode_speed.py --shared "$SHARED" --budget-s 200 --train-seconds 60 --json "$OUT/decode_speed.json" \
+    timeout 250 python3 benchmarks/decode_speed.py --shared "$SHARED" --budget-s 180 --train-seconds 45 --json "$OUT/decode_speed.json" \
         2>&1 | grep -v -E "^(GPU|TPU|HPU) available|LOCAL_RANK|litlogger|Warning" | tee "$OUT/decode_speed.log"
     exit 0
 fi

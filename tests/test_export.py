@@ -130,6 +130,23 @@ def test_an_export_decodes_in_the_compute_type_asked_for(exported_transformer):
 
 
 @pytest.mark.slow
+def test_an_export_samples_with_a_seed_and_top_k_1_is_greedy(exported_transformer, tiny_data_dir):
+    from attnmt.decode.backends import load_backend
+
+    backend = load_backend(exported_transformer[1]["float32"], "cpu")
+    dataset = backend.dataset((tiny_data_dir / "test.en").read_text().splitlines()[:30])
+
+    def decoded(**keys) -> list:
+        return [[h.tokens for h in hyps] for hyps in backend.translate(dataset, DecodeSettings(**keys))]
+
+    first = decoded(strategy="sample", seed=1, n_best=2, temperature=1.5)
+    assert decoded(strategy="sample", seed=1, n_best=2, temperature=1.5) == first
+    assert decoded(strategy="sample", seed=2, n_best=2, temperature=1.5) != first
+    assert all(len(hyps) == 2 for hyps in first)
+    assert decoded(strategy="sample", seed=3, top_k=1) == decoded(strategy="greedy")
+
+
+@pytest.mark.slow
 def test_translate_command_on_an_export(decoded, exported_transformer, tiny_data_dir):
     run_dir, folders = exported_transformer
     lines = (tiny_data_dir / "test.en").read_text().splitlines()[:20] + [""]

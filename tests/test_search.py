@@ -201,6 +201,75 @@ def test_the_searches_read_the_device_only_every_few_steps(name, monkeypatch):
         assert len(reads) <= expected, (size, reads)
 
 
+def first_step_distribution(model: ToyModel, src: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """The toy model's distribution of the first output token for the source ``src`` (1, S)."""
+    from attnmt.data.tokenizer import BOS_ID
+
+    code = model.next_code(model.encode(src, mask)["code"], torch.tensor([BOS_ID]))
+    return torch.softmax(model.table[code][0] / temperature, -1).double()  # (V,)
+
+
+def first_tokens(hyps) -> Tensor:
+    return torch.tensor([h.tokens[0] if h.tokens else EOS_ID for h in hyps])
+
+
+def chi_square(tokens: Tensor, p: Tensor) -> float:
+    counts = torch.bincount(tokens, minlength=len(p)).double()
+    expected = p * len(tokens)
+    keep = expected > 0
+    return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+
+
+N_SAMPLES = 5000
+CHI2_CRITICAL_5DF = 20.52  # p = 0.001 for 5 degrees of freedom (6 tokens)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_samples_follow_the_models_distribution(temperature):
+    model = ToyModel()
+    src, mask = toy_batch(6, sentences=1)
+    p = first_step_distribution(model, src, mask, temperature)
+    assert p.max() < 0.9  # a distribution with several likely tokens, not a near-certainty
+    hyps = search.sample_search(model, src.expand(N_SAMPLES, -1), mask.expand(N_SAMPLES, -1), 1.0, 3,
+                                temperature=temperature, generator=torch.Generator().manual_seed(0))
+    assert chi_square(first_tokens(hyps), p) < CHI2_CRITICAL_5DF
+    other = first_step_distribution(model, src, mask, 3.0 - temperature)  # the other temperature's
+    assert chi_square(first_tokens(hyps), other) > 10 * CHI2_CRITICAL_5DF  # the test tells them apart
+
+
+def test_top_p_draws_only_from_the_nucleus_and_top_k_1_is_greedy():
+    model = ToyModel()
+    src, mask = toy_batch(6, sentences=1)
+    p = first_step_distribution(model, src, mask)
+    ranked = p.sort(descending=True)
+    top_p = float(ranked.values[:2].sum()) - 1e-3  # the nucleus: the two most probable tokens
+    hyps = search.sample_search(model, src.expand(2000, -1), mask.expand(2000, -1), 1.0, 3, top_p=top_p,
+                                generator=torch.Generator().manual_seed(0))
+    assert set(first_tokens(hyps).tolist()) == set(ranked.indices[:2].tolist())
+    src, mask = toy_batch(6)
+    greedy = greedy_search(model, src, mask, 1.5, 4, alpha=0.6)
+    top_1 = search.sample_search(model, src, mask, 1.5, 4, alpha=0.6, top_k=1, generator=torch.Generator())
+    assert top_1 == greedy
+
+
+def test_the_same_seed_gives_the_same_samples_and_another_seed_others():
+    from attnmt.data.dataset import ParallelDataset
+    from attnmt.decode.search import translate_dataset
+    from attnmt.decode.settings import DecodeSettings
+
+    model = build_tiny_model("transformer", vocab_size=40)
+    src, _ = toy_batch(40, sentences=12)
+    dataset = ParallelDataset([[t for t in row if t] + [EOS_ID] for row in src.tolist()])
+
+    def sampled(seed: int, batch_tokens: int = 40) -> list:
+        settings = DecodeSettings(strategy="sample", seed=seed, n_best=2, batch_tokens=batch_tokens, top_k=10)
+        return [[h.tokens for h in hyps] for hyps in translate_dataset(model, dataset, settings, progress=False)]
+
+    first = sampled(1)
+    assert sampled(1) == first and sampled(2) != first
+    assert all(len(hyps) == 2 for hyps in first) and sum(a != b for a, b in first) > 6  # two draws each
+
+
 @pytest.fixture(params=MODELS)
 def untrained(request):
     return build_tiny_model(request.param, vocab_size=8)

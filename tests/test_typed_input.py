@@ -324,8 +324,9 @@ def test_hydra_command_refuses_a_wrong_value(script, overrides, key, value, entr
 def test_hydra_keys_not_tested_are_the_ones_accepted_on_purpose():
     # Text keys are tested with a list; what is left has no annotation that says what is wrong.
     # data.train_prefix: one path or a list of paths (text or a list of text); a prefix whose
-    # files do not exist is its own one-line error when the data is checked.
-    assert HYDRA_UNTESTED == {("train.py", "data.train_prefix")}, sorted(HYDRA_UNTESTED)
+    # files do not exist is its own one-line error when the data is checked. evaluate.py's ckpt: one
+    # checkpoint or a list of them (an ensemble); a path that is not there is its own error.
+    assert HYDRA_UNTESTED == {("train.py", "data.train_prefix"), ("evaluate.py", "ckpt")}, sorted(HYDRA_UNTESTED)
 
 
 def test_the_table_covers_every_group_and_many_keys():
@@ -334,7 +335,7 @@ def test_the_table_covers_every_group_and_many_keys():
                      "data.num_train", "data.test_set", "task.label_smoothing", "optimizer.betas",
                      "scheduler.factor", "trainer.max_steps", "trainer.precision", "trainer.enable_progress_bar",
                      "callbacks.early_stopping.patience", "logger.csv.version", "decode.n_best", "eval.formats",
-                     "split", "ckpt"):
+                     "split", "eval.member"):
         assert expected in keys, expected
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attnmt.errors import ConfigError
 from attnmt.utils.stored import MAX_LEN, max_len, model_name
 
 if TYPE_CHECKING:
@@ -139,7 +140,11 @@ class TorchBackend(Backend):
 
     kind = "pytorch"
 
-    def __init__(self, ckpt: str | Path, device: str = "cpu", compute_type: str = "auto"):
+    def __init__(self, ckpt: str | Path | list, device: str = "cpu", compute_type: str = "auto",
+                 attention_member: int = 1):
+        """``ckpt``: one checkpoint, or a list of them: an ensemble
+        (:class:`attnmt.decode.ensemble.Ensemble`), whose attention is member ``attention_member``'s
+        (counted from 1)."""
         import torch
 
         from attnmt.decode.checkpoint import load_for_decoding
@@ -147,12 +152,28 @@ class TorchBackend(Backend):
 
         self.device = torch.device(device)
         self.compute_type = torch_compute_type(compute_type, self.device)  # before the model loads
-        self.model, self.tokenizer, self.config, self.path = load_for_decoding(ckpt)
+        paths = list(ckpt) if isinstance(ckpt, (list, tuple)) else [ckpt]
+        if not 1 <= attention_member <= len(paths):
+            raise ConfigError(f"member={attention_member}: the ensemble has {len(paths)} members (1..{len(paths)})")
+        loaded = [load_for_decoding(path) for path in paths]
+        self.model, self.tokenizer, self.config, self.path = loaded[attention_member - 1]
+        self.name = type(self.model).__name__
+        checkpoints = [Path(path).name for *_, path in loaded]
+        if len(loaded) > 1:
+            from attnmt.decode.ensemble import Ensemble
+
+            for _, tokenizer, _, path in loaded:
+                if tokenizer.state() != self.tokenizer.state():
+                    raise ConfigError(f"ckpt: {path} and {self.path} have different sentencepiece models; the members "
+                                      "of an ensemble must share one")
+            self.model = Ensemble([model for model, *_ in loaded], attention_member - 1)
+            self.name = (f"ensemble of {len(loaded)} ({', '.join(type(m).__name__ for m, *_ in loaded)}); "
+                         f"attention: member {attention_member}, {self.name}")
+            self.path = ",".join(str(path) for *_, path in loaded)
         self.model.to(self.device)
         self.max_len = max_len(self.config)
-        self.name = type(self.model).__name__
         self.metadata = {
-            "model": self.name, "backend": self.kind, "checkpoint": Path(self.path).name,
+            "model": self.name, "backend": self.kind, "checkpoint": ",".join(checkpoints),
             "languages": {"source": self.config["data"].get("src_lang"), "target": self.config["data"].get("tgt_lang")},
             "attention": "cross-attention, every layer and head",
             "device": str(self.device), "compute_type": self.compute_type,
@@ -248,12 +269,34 @@ class ExportBackend(Backend):
         return {"source": s, "target": t, "weights": m, "layers": ["last layer"], "heads": ["mean of heads"]}
 
 
-def load_backend(ckpt: str | Path, device: str = "cpu", compute_type: str = "auto") -> Backend:
+def ensemble_members(ckpt: str | Path | list) -> list:
+    """``ckpt`` as a list of checkpoints: a list as it is; ``"A,B"`` split at its commas (unless a
+    file or folder of that very name exists)."""
+    if isinstance(ckpt, (list, tuple)):
+        return list(ckpt)
+    text = str(ckpt)
+    if "," in text and not Path(text).exists():
+        return [part for part in text.split(",") if part]
+    return [ckpt]
+
+
+def load_backend(ckpt: str | Path | list, device: str = "cpu", compute_type: str = "auto",
+                 attention_member: int = 1) -> Backend:
     """The model at ``ckpt``: a CTranslate2 export (a folder written by ``attnmt-export``), or a
-    checkpoint or training run folder. ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (resolved by
-    :func:`attnmt.utils.device.decode_device`); ``compute_type``: see :mod:`attnmt.utils.device`."""
+    checkpoint or training run folder, or several of the latter (a list, or ``"A,B"``): an
+    ensemble, whose attention is member ``attention_member``'s. ``device``: ``cpu``, ``cuda`` or
+    ``cuda:N`` (resolved by :func:`attnmt.utils.device.decode_device`); ``compute_type``: see
+    :mod:`attnmt.utils.device`."""
     from attnmt.decode.exported import is_exported
 
+    members = ensemble_members(ckpt)
+    if len(members) > 1:
+        exports = [m for m in members if is_exported(m)]
+        if exports:
+            raise ConfigError(f"ckpt: {exports[0]} is a CTranslate2 export; an ensemble decodes checkpoints (or run "
+                              "folders) with attnmt's own search")
+        return TorchBackend(members, device, compute_type, attention_member)
+    ckpt = members[0]
     if is_exported(ckpt):
         kind, _, index = str(device).partition(":")
         return ExportBackend(ckpt, device=kind, device_index=int(index or 0), compute_type=compute_type)

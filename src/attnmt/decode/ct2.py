@@ -59,11 +59,10 @@ class ExportedModel:
         self.config = self.meta["config"]
         self.max_len = int(self.meta.get("max_len", MAX_LEN))
         wanted = export_compute_type(compute_type, device, str(self.meta["quantization"]))
+        self.options = {"device": device, "device_index": device_index, "intra_threads": intra_threads,
+                        "inter_threads": inter_threads, "compute_type": wanted}
         try:
-            self.translator = ctranslate2.Translator(
-                str(self.path), device=device, device_index=device_index, intra_threads=intra_threads,
-                inter_threads=inter_threads, compute_type=wanted,
-            )
+            self.translator = ctranslate2.Translator(str(self.path), **self.options)
         except ValueError:  # a compute type the device does not run
             have = sorted(ctranslate2.get_supported_compute_types(device, device_index))
             raise ConfigError(f"compute_type={compute_type}: CTranslate2 has no fast {wanted} on {device} here; "
@@ -92,24 +91,38 @@ class ExportedModel:
         averaged; row ``t`` is the step that produced token ``t``, the last row ``</s>``'s)."""
         hyps: list = [None] * len(dataset)
         attn: list | None = [None] * len(dataset) if attention else None
+        strategy = settings.strategy_used
+        search = {"beam_size": settings.beam_size, "num_hypotheses": settings.n_best}
+        copies, translator = 1, self.translator  # requests per source: n_best samples are n_best requests
+        if strategy == "greedy":
+            search = {"beam_size": 1, "num_hypotheses": 1}
+        elif strategy == "sample":
+            search = {"beam_size": 1, "num_hypotheses": 1, "sampling_topk": settings.top_k,  # 0: all tokens
+                      "sampling_topp": settings.top_p, "sampling_temperature": settings.temperature}
+            copies = settings.n_best
+            # CTranslate2's worker threads seed their generators when the translator is made: the
+            # same seed gives the same samples only from a translator made after set_random_seed.
+            ctranslate2 = import_ctranslate2()
+            ctranslate2.set_random_seed(settings.seed)
+            translator = ctranslate2.Translator(str(self.path), **self.options)
         for indices in length_sorted_batches(dataset.lengths(), settings.batch_tokens):
             sources = [dataset.src[i] for i in indices]
             caps = [int(len(s) * settings.max_len_ratio) + 10 for s in sources]  # as attnmt.decode.search
-            results = self.translator.translate_batch(
-                [self.src_tokens(s) for s in sources],
-                beam_size=settings.beam_size, num_hypotheses=settings.n_best, length_penalty=settings.alpha,
-                max_decoding_length=max(caps) + 1, min_decoding_length=0, max_input_length=0,
-                return_scores=True, return_attention=attention,
+            results = translator.translate_batch(
+                [self.src_tokens(s) for s in sources for _ in range(copies)], **search,
+                length_penalty=settings.alpha, max_decoding_length=max(caps) + 1, min_decoding_length=0,
+                max_input_length=0, return_scores=True, return_attention=attention,
             )
-            for i, cap, src, result in zip(indices, caps, sources, results):
+            for k, (i, cap, src) in enumerate(zip(indices, caps, sources)):
                 found = []
-                for n, tokens in enumerate(result.hypotheses):
-                    ids = [self.tgt_index[t] for t in tokens][:cap]
-                    found.append(Hypothesis(ids, float(result.scores[n]), float("nan")))
-                    if attention:
-                        rows = np.asarray(result.attention[n], dtype=np.float32)[:, : len(src)]  # (T', S)
-                        found_attn = attn[i] = attn[i] or []
-                        found_attn.append(_with_end_row(rows, len(ids)))
+                for result in results[k * copies : (k + 1) * copies]:
+                    for n, tokens in enumerate(result.hypotheses):
+                        ids = [self.tgt_index[t] for t in tokens][:cap]
+                        found.append(Hypothesis(ids, float(result.scores[n]), float("nan")))
+                        if attention:
+                            rows = np.asarray(result.attention[n], dtype=np.float32)[:, : len(src)]  # (T', S)
+                            found_attn = attn[i] = attn[i] or []
+                            found_attn.append(_with_end_row(rows, len(ids)))
                 hyps[i] = found
         if rescore:
             hyps = self.rescore(dataset, hyps, settings.alpha)

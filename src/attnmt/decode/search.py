@@ -13,7 +13,7 @@ that point ``</s>`` is forced, so greedy decoding and beam search with one beam 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,13 +46,41 @@ def check_interval(device: torch.device, check_every: int | None) -> int:
     return check_every or (1 if device.type == "cpu" else 8)
 
 
+def argmax(logits: Tensor) -> Tensor:
+    return logits.argmax(-1)
+
+
+def sampler(top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0,
+            generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
+    """A next-token chooser that samples from the model's distribution, sharpened or flattened by
+    ``temperature`` and cut to the ``top_k`` most probable tokens (0: no cut) and to the nucleus
+    (Holtzman et al., 2020): the fewest most probable tokens whose probabilities sum to at least
+    ``top_p``."""
+
+    def choose(logits: Tensor) -> Tensor:  # (B, V) -> (B,)
+        logits = logits.float() / temperature
+        if top_k:
+            kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p < 1.0:
+            ranked, order = logits.sort(dim=-1, descending=True)  # (B, V)
+            probs = F.softmax(ranked, dim=-1)
+            outside = probs.cumsum(-1) - probs >= top_p  # the mass before a token already reaches top_p
+            logits = logits.scatter(-1, order, ranked.masked_fill(outside, float("-inf")))
+        return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+
+    return choose
+
+
 @torch.no_grad()
 def greedy_tokens(
     model: Seq2Seq, enc: State, src_mask: Tensor, max_len_ratio: float = 1.5, max_len_extra: int = 10,
-    check_every: int | None = None,
+    check_every: int | None = None, choose: Callable[[Tensor], Tensor] = argmax,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Greedy decoding on the device: ``(tokens (B, T), lengths (B,), log_probs (B,))``; row ``b``
-    holds its tokens, then ``</s>`` and padding; ``log_probs`` count ``</s>``."""
+    """One token per step, on the device: ``(tokens (B, T), lengths (B,), log_probs (B,))``; row
+    ``b`` holds its tokens, then ``</s>`` and padding; ``log_probs`` (the model's, ``</s>``
+    included). ``choose``: the step's token from its logits, the most probable (greedy decoding)
+    or a sample (:func:`sampler`)."""
     state = model.init_state(enc)
     B, device = src_mask.size(0), src_mask.device
     limit = max_output_lengths(src_mask, max_len_ratio, max_len_extra)  # (B,)
@@ -64,7 +92,7 @@ def greedy_tokens(
     steps = []
     for t in range(max(host(limit)) + 1):
         logits, state, _ = model.decode_step(enc, state, prev)
-        token = torch.where(t >= limit, EOS_ID, logits.argmax(-1)).masked_fill(finished, EOS_ID)  # (B,)
+        token = torch.where(t >= limit, EOS_ID, choose(logits)).masked_fill(finished, EOS_ID)  # (B,)
         step_logp = F.log_softmax(logits.float(), dim=-1).gather(1, token.unsqueeze(1)).squeeze(1)
         log_prob += step_logp.masked_fill(finished, 0.0)
         lengths += (~finished).long()
@@ -90,6 +118,23 @@ def greedy_search(
     for row, n, lp in zip(host(tokens), host(lengths), host(log_prob)):
         hyps.append(Hypothesis(row[:n], lp / length_penalty(n + 1, alpha), lp))
     return hyps
+
+
+@torch.no_grad()
+def sample_search(
+    model: Seq2Seq, src: Tensor, src_mask: Tensor, max_len_ratio: float = 1.5, max_len_extra: int = 10,
+    alpha: float = 0.0, top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0,
+    generator: torch.Generator | None = None, check_every: int | None = None,
+) -> list[Hypothesis]:
+    """Batched sampling (the decoding of back-translation, Edunov et al., 2018): each step's token
+    drawn from the model's distribution as :func:`sampler` shapes it, with ``generator`` (seeded:
+    the same seed and batches give the same outputs). Scores are the model's own log-probabilities
+    of the drawn tokens, length-normalised with ``alpha`` as the other searches'."""
+    enc = model.encode(src, src_mask)
+    choose = sampler(top_k, top_p, temperature, generator)
+    tokens, lengths, log_prob = greedy_tokens(model, enc, src_mask, max_len_ratio, max_len_extra, check_every, choose)
+    return [Hypothesis(row[:n], lp / length_penalty(n + 1, alpha), lp)
+            for row, n, lp in zip(host(tokens), host(lengths), host(log_prob))]
 
 
 @torch.no_grad()
@@ -269,17 +314,27 @@ def translate_dataset(
     bfloat16/float16 under autocast (the weights stay float32; scores are summed in float32)."""
     from tqdm import tqdm
 
-    sampler = TokenBucketBatchSampler(dataset.lengths(), settings.batch_tokens, shuffle=False)
+    batches = TokenBucketBatchSampler(dataset.lengths(), settings.batch_tokens, shuffle=False)
     out: list[list[Hypothesis] | None] = [None] * len(dataset)
     device = next(model.parameters()).device  # decode.device: where the caller put the model
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(compute_type)
+    strategy = settings.strategy_used
+    generator = torch.Generator(device).manual_seed(settings.seed) if strategy == "sample" else None
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        for indices in tqdm(list(sampler), desc="decoding", unit="batch", disable=not progress, file=sys.stderr):
+        for indices in tqdm(list(batches), desc="decoding", unit="batch", disable=not progress, file=sys.stderr):
             batch = dataset.collate(indices)
             src = batch["src"].to(device, non_blocking=True)  # (B, S)
             src_mask = batch["src_mask"].to(device, non_blocking=True)
-            if settings.beam_size == 1:
+            if strategy == "greedy":
                 hyps = [[h] for h in greedy_search(model, src, src_mask, settings.max_len_ratio, alpha=settings.alpha)]
+            elif strategy == "sample":  # n_best samples per sentence, independently drawn
+                n = settings.n_best
+                found = sample_search(
+                    model, src.repeat_interleave(n, 0), src_mask.repeat_interleave(n, 0), settings.max_len_ratio,
+                    alpha=settings.alpha, top_k=settings.top_k, top_p=settings.top_p,
+                    temperature=settings.temperature, generator=generator,
+                )
+                hyps = [sorted(found[i * n : (i + 1) * n], key=lambda h: -h.score) for i in range(len(indices))]
             else:
                 hyps = beam_search(
                     model, src, src_mask, settings.beam_size, settings.alpha, settings.max_len_ratio,

@@ -15,6 +15,9 @@ class DecodeSettings:
     (types, ranges, defaults and help, in this one place; checked by :mod:`attnmt.utils.schema`
     before decoding starts)."""
 
+    strategy: Literal["beam", "greedy", "sample"] = field(default="beam", metadata={
+        "help": "beam search (beam_size 1 is greedy), greedy decoding, or sampling (top_k, top_p, temperature, "
+                "seed)", "metavar": "S"})
     beam_size: Annotated[int, Ge(1)] = field(default=5, metadata={"help": "1 is greedy decoding", "metavar": "K"})
     alpha: Annotated[float, Ge(0)] = field(default=0.6, metadata={
         "help": "GNMT length penalty exponent; 0 ranks by summed log-probability", "metavar": "A"})
@@ -23,7 +26,15 @@ class DecodeSettings:
     batch_tokens: Annotated[int, Ge(1)] = field(default=8000, metadata={
         "help": "padded source tokens per batch (beam search multiplies by beam_size)", "metavar": "N"})
     n_best: Annotated[int, Ge(1), Le("beam_size")] = field(default=1, metadata={
-        "help": "hypotheses kept (printed) per sentence, best first", "metavar": "N"})
+        "help": "hypotheses kept (printed) per sentence, best first (sampling: N samples)", "metavar": "N"})
+    top_k: Annotated[int, Ge(0)] = field(default=0, metadata={
+        "help": "sampling: draw from the K most probable tokens (0: all)", "metavar": "K"})
+    top_p: Annotated[float, Gt(0), Le(1)] = field(default=1.0, metadata={
+        "help": "sampling: draw from the fewest most probable tokens whose probabilities reach P (1: all)",
+        "metavar": "P"})
+    temperature: Annotated[float, Gt(0)] = field(default=1.0, metadata={
+        "help": "sampling: divides the logits (below 1 sharper, above 1 flatter)", "metavar": "T"})
+    seed: int = field(default=0, metadata={"help": "sampling: the same seed gives the same outputs", "metavar": "N"})
     device: str = field(default="auto", metadata={
         "help": "where to decode: auto (the first CUDA GPU where one is visible, else the CPU), cpu, cuda or cuda:N",
         "metavar": "DEV"})
@@ -33,5 +44,12 @@ class DecodeSettings:
         "metavar": "T"})
 
     @property
+    def strategy_used(self) -> str:
+        """``greedy`` for beam search with one beam, else ``strategy``."""
+        return "greedy" if self.strategy == "beam" and self.beam_size == 1 else self.strategy
+
+    @property
     def search(self) -> str:
-        return "greedy" if self.beam_size == 1 else f"beam {self.beam_size}, alpha {self.alpha}"
+        if self.strategy_used == "sample":
+            return f"sampling, top_k {self.top_k}, top_p {self.top_p}, temperature {self.temperature}, seed {self.seed}"
+        return "greedy" if self.strategy_used == "greedy" else f"beam {self.beam_size}, alpha {self.alpha}"

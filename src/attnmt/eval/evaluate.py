@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from attnmt.align.eflomal import require_eflomal
 from attnmt.align.links import (
@@ -53,7 +53,7 @@ class EvaluateSettings:
     """evaluate.py's own keys (conf/evaluate.yaml); ``decode`` is a :class:`DecodeSettings`,
     ``eval`` an :class:`EvalSettings`."""
 
-    ckpt: str
+    ckpt: str | list[str]
     split: Literal["train", "valid", "test"] = "test"
     src_file: str | None = None
     ref_file: str | None = None
@@ -65,6 +65,7 @@ class EvalSettings:
     each key does)."""
 
     num_plots: Annotated[int, Ge(0)] = 10
+    member: Annotated[int, Ge(1)] = 1
     attention: Literal["cross", "encoder_self", "decoder_self"] = "cross"
     layer: int | Literal["best"] = -1
     plot_grid: bool = True
@@ -174,7 +175,8 @@ def load(cfg: DictConfig) -> tuple[DecodeSettings, EvalSettings, Backend]:
     check_config(cfg, EvaluateSettings)  # every key, before the model loads
     decode: DecodeSettings = build(cfg.decode, "decode")
     e: EvalSettings = build(cfg.eval, "eval", _convert_="all")
-    backend = load_backend(cfg.ckpt, str(decode_device(decode.device)), decode.compute_type)
+    ckpt = list(cfg.ckpt) if isinstance(cfg.ckpt, ListConfig) else cfg.ckpt
+    backend = load_backend(ckpt, str(decode_device(decode.device)), decode.compute_type, e.member)
     log.info("Decoding on %s in %s (%s)", backend.device, backend.compute_type, backend.kind)
     return decode, e, backend
 
@@ -342,9 +344,11 @@ def report(
         "reference_file": str(plan.ref_file),
         "hypothesis_file": "hypotheses.txt",
         "decoding": {
-            "search": "greedy" if decode.beam_size == 1 else "beam", "beam_size": decode.beam_size,
-            "alpha": decode.alpha, "max_len_ratio": decode.max_len_ratio, "device": str(backend.device),
-            "compute_type": backend.compute_type,
+            "search": {"beam": "beam", "greedy": "greedy", "sample": "sampling"}[decode.strategy_used],
+            "beam_size": decode.beam_size, "alpha": decode.alpha, "max_len_ratio": decode.max_len_ratio,
+            **({"top_k": decode.top_k, "top_p": decode.top_p, "temperature": decode.temperature, "seed": decode.seed}
+               if decode.strategy_used == "sample" else {}),
+            "device": str(backend.device), "compute_type": backend.compute_type,
         },
         "max_len": plan.max_len,
         "cut_sentences": plan.cut,

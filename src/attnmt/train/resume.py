@@ -23,7 +23,7 @@ from attnmt.utils.legacy import upgrade_targets
 log = logging.getLogger(__name__)
 
 # What a resumed run may not change: the model, what it learns from and how, and the seed.
-PROTECTED = ("model", "data", "task", "optimizer", "scheduler", "seed", "trainer.accumulate_grad_batches")
+PROTECTED = ("model", "data", "task", "optimizer", "scheduler", "seed", "init", "trainer.accumulate_grad_batches")
 # Within those, settings that do not change the computation.
 UNPROTECTED = ("data.num_workers", "data.pin_memory", "task.compile")
 # Settings added after runs were made with the behaviour these values give: a run whose saved

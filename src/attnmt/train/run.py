@@ -19,9 +19,11 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from attnmt.data.datamodule import TranslationDataModule
-from attnmt.decode.checkpoint import trusted
+from attnmt.data.tokenizer import Tokenizer
+from attnmt.decode.checkpoint import CHECKPOINT_KEY, trusted
 from attnmt.errors import ConfigError
 from attnmt.models import Seq2Seq, build_model
+from attnmt.train.init import Source, load_source_weights, read_source
 from attnmt.train.interrupt import StopOnCtrlC
 from attnmt.train.loggers import check_logger_packages
 from attnmt.train.resume import check_unchanged, find_checkpoints, requeued, resume_checkpoint, save_overrides
@@ -51,9 +53,11 @@ def best_score(trainer: pl.Trainer, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
-def record_start(output_dir: Path, resumed_from: Path | None, step: int, trainer: pl.Trainer, precision: dict) -> None:
+def record_start(output_dir: Path, resumed_from: Path | None, step: int, trainer: pl.Trainer, precision: dict,
+                 initialized_from: Path | None = None) -> None:
     """Append this start (time, command line, versions, git commit, hardware and the precision
-    chosen, with why) to ``run_info.yaml``."""
+    chosen, with why; the checkpoint whose weights a new ``init=`` run started from) to
+    ``run_info.yaml``."""
     path = output_dir / "run_info.yaml"
     starts = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
     starts = starts if isinstance(starts, list) else []
@@ -61,6 +65,7 @@ def record_start(output_dir: Path, resumed_from: Path | None, step: int, trainer
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv,
         "resumed_from": None if resumed_from is None else str(resumed_from),
+        **({"initialized_from": str(initialized_from)} if initialized_from is not None else {}),
         "global_step": step,
         **provenance(),
         "hardware": hardware(trainer),
@@ -98,15 +103,21 @@ def check_train_config(cfg: DictConfig) -> None:
 
 
 def build_run(
-    cfg: DictConfig, callbacks: list[pl.Callback] = (), precision: str | None = None
+    cfg: DictConfig, callbacks: list[pl.Callback] = (), precision: str | None = None,
+    source: Source | None = None, tokenizer: Tokenizer | None = None,
 ) -> tuple[TranslationDataModule, TranslationTask, pl.Trainer]:
     """What a training config describes: the datamodule (prepared and set up), the task around the
     model, and the trainer with the configured callbacks and loggers, plus ``callbacks``.
-    ``precision`` replaces ``trainer.precision`` (train() passes what ``auto`` resolved to)."""
+    ``precision`` replaces ``trainer.precision`` (train() passes what ``auto`` resolved to).
+    ``source`` (``init=``): the model starts from its weights and the data is encoded with its
+    tokenizer; ``tokenizer``: the data is encoded with this one (a resumed ``init=`` run's)."""
     datamodule: TranslationDataModule = build(cfg.data, "data")
+    datamodule.tokenizer = source.tokenizer if source is not None else tokenizer  # None: its own
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model_for(cfg.model, datamodule)
+    if source is not None:
+        load_source_weights(model, source, OmegaConf.to_container(cfg.model, resolve=True))
     log.info("Model %s: %d parameters", cfg.model._target_, model.num_parameters())
 
     # Called, not instantiated with kwargs: Hydra would recurse into the config dict passed here.
@@ -132,7 +143,7 @@ def train(cfg: DictConfig) -> float | None:
     keep_freed_memory()
     output_dir = Path(cfg.paths.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
-    ckpt_path, step = None, 0
+    ckpt_path, step, tokenizer, source = None, 0, None, None
     run_dir = Path(cfg.resume) if cfg.get("resume") else None
     if run_dir is None and requeued() and find_checkpoints(output_dir):
         log.info("SLURM requeued this job (SLURM_RESTART_COUNT=%s): resuming its run",
@@ -143,9 +154,13 @@ def train(cfg: DictConfig) -> float | None:
             raise ConfigError(f"resume={run_dir}: the run would continue in {output_dir}; use train.py resume=RUN_DIR")
         check_unchanged(run_dir, config)
         ckpt_path, ckpt = resume_checkpoint(run_dir)
+        if cfg.get("init"):  # its data was encoded with the source's tokenizer, which the run keeps
+            tokenizer = Tokenizer.from_state(ckpt[CHECKPOINT_KEY]["tokenizer"])
         step = ckpt.get("global_step", 0)
         log.info("Resuming %s from %s (step %d, epoch %d)", run_dir, ckpt_path, step, ckpt.get("epoch", 0))
         del ckpt
+    if cfg.get("init") and ckpt_path is None:  # a new run from a trained model
+        source = read_source(cfg.init)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     log.info("Seed %d", cfg.seed)
     # Under DDP, Lightning re-runs this script for ranks 1.. into the same folder: only rank 0 writes.
@@ -157,10 +172,10 @@ def train(cfg: DictConfig) -> float | None:
     if precision["asked"] == "auto":
         log.info("Precision %s (trainer.precision=auto: %s)", precision["used"], precision["why"])
 
-    datamodule, task, trainer = build_run(cfg, precision=precision["used"])
+    datamodule, task, trainer = build_run(cfg, precision=precision["used"], source=source, tokenizer=tokenizer)
     model = task.model
     if trainer.is_global_zero:
-        record_start(output_dir, ckpt_path, step, trainer, precision)
+        record_start(output_dir, ckpt_path, step, trainer, precision, source.path if source else None)
 
     # The datamodule restores the sampler's position itself (its state_dict), which Lightning
     # cannot see: its warning about a non-resumable dataloader does not apply.

@@ -161,7 +161,7 @@ def config_summary(config: dict) -> list[tuple[str, str]]:
         target = target_name(node.get("_target_", ""))
         items = [f"{k}={v}" for k, v in node.items() if not k.startswith("_") and not isinstance(v, (dict, list))]
         rows.append((group, f"{target} ({', '.join(items)})" if target else ", ".join(items)))
-    for key in ("seed", "resume"):
+    for key in ("seed", "resume", "init"):
         if config.get(key) is not None:
             rows.append((key, str(config[key])))
     return rows

@@ -1,0 +1,75 @@
+"""``train.py init=RUN_OR_CKPT``: a new run that starts from a trained model's weights and
+sentencepiece model (fine-tuning, domain adaptation), with its own data, optimizer, schedule and
+seed, as fairseq's ``--restore-file --reset-optimizer`` or OpenNMT-py's ``train_from`` with
+``reset_optim``. Nothing but the weights and the tokenizer is taken from the source."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+
+from attnmt.data.tokenizer import Tokenizer
+from attnmt.decode.checkpoint import CHECKPOINT_KEY, read_checkpoint, resolve_checkpoint
+from attnmt.errors import CheckpointError, ConfigError
+from attnmt.models import Seq2Seq
+from attnmt.utils.legacy import upgrade_targets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """What a new run takes from a trained one."""
+
+    path: Path  # the checkpoint file
+    weights: dict[str, Tensor]  # the model's state dict
+    tokenizer: Tokenizer
+    model_config: dict
+
+
+def read_source(path: str | Path) -> Source:
+    """The checkpoint at ``path`` (a file, or a run folder: its best checkpoint), read as data."""
+    try:
+        ckpt_path = resolve_checkpoint(path)
+        ckpt = read_checkpoint(ckpt_path)
+        meta = ckpt[CHECKPOINT_KEY]
+        config = meta["config"]
+        upgrade_targets(config)
+        tokenizer = Tokenizer.from_state(meta["tokenizer"])
+    except CheckpointError as e:
+        raise ConfigError(f"init={path}: {e}") from None
+    except Exception as e:  # a damaged attnmt entry
+        raise ConfigError(f"init={path}: not a usable attnmt checkpoint ({type(e).__name__}: {str(e)[:100]})") from None
+    weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return Source(ckpt_path, weights, tokenizer, dict(config["model"]))
+
+
+def first_difference(ours: dict, theirs: dict, prefix: str = "model") -> str | None:
+    """``key=ours (source: theirs)`` for the first model key whose value differs, else None."""
+    for key in [*ours, *(k for k in theirs if k not in ours)]:
+        if ours.get(key) != theirs.get(key):
+            return f"{prefix}.{key}={ours.get(key)} (the source has {theirs.get(key)})"
+    return None
+
+
+def load_source_weights(model: Seq2Seq, source: Source, model_config: dict) -> None:
+    """Put the source's weights into ``model`` (built from this run's ``model_config`` and the
+    source's tokenizer); a one-line error naming the first model key that differs where they do
+    not fit. Keys that change no weight (dropout) may differ."""
+    expected = model.state_dict()
+    fits = expected.keys() == source.weights.keys() and all(
+        expected[k].shape == source.weights[k].shape for k in expected)
+    if not fits:  # name a key that can hold weights: dropout rates differ harmlessly
+        differs = first_difference({k: v for k, v in model_config.items() if "dropout" not in k},
+                                   {k: v for k, v in source.model_config.items() if "dropout" not in k})
+        raise ConfigError(
+            f"init={source.path}: its weights do not fit this run's model: "
+            f"{differs or 'the configs agree, but the weights do not (a checkpoint of another attnmt version?)'}; "
+            "give the source's model settings")
+    model.load_state_dict(source.weights)
+    changed = first_difference(model_config, source.model_config)
+    log.info("Weights and sentencepiece model from %s%s", source.path,
+             f" (this run differs in {changed}, which holds no weights)" if changed else "")
