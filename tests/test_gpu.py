@@ -138,7 +138,7 @@ def test_averaging_and_decoding_the_average(gpu_run, capsys):
 
     average_main([f"ckpt={gpu_run}", "last=2"])
     averaged = gpu_run / "checkpoints" / "averaged.ckpt"
-    assert averaged.is_file()
+    assert f"averaged 2 checkpoints (steps 100, 150) -> {averaged}" in capsys.readouterr().out
     lines = Translator(TranslateSettings(ckpt=str(averaged)), DecodeSettings(device=DEVICE)).translate(["a b c"])
     assert len(lines) == 1
 

@@ -99,9 +99,15 @@ def greedy_tokens(
         steps.append(token)
         finished |= token == EOS_ID
         prev = token
-        if (t + 1) % every == 0 and all(host(finished.all().unsqueeze(0))):
+        if (t + 1) % every == 0 and host(finished.all()):
             break
     return torch.stack(steps, dim=1), lengths - 1, log_prob  # lengths without </s>
+
+
+def hypotheses(tokens: Tensor, lengths: Tensor, log_probs: Tensor, alpha: float) -> list[Hypothesis]:
+    """:func:`greedy_tokens`' rows as hypotheses, scored with the GNMT penalty ``alpha``."""
+    return [Hypothesis(row[:n], lp / length_penalty(n + 1, alpha), lp)
+            for row, n, lp in zip(host(tokens), host(lengths), host(log_probs))]
 
 
 @torch.no_grad()
@@ -113,11 +119,7 @@ def greedy_search(
     ``enc``: the sources already encoded, if the caller has them; ``check_every``: steps between
     reads of "all finished?" (:func:`check_interval`)."""
     enc = model.encode(src, src_mask) if enc is None else enc
-    tokens, lengths, log_prob = greedy_tokens(model, enc, src_mask, max_len_ratio, max_len_extra, check_every)
-    hyps = []
-    for row, n, lp in zip(host(tokens), host(lengths), host(log_prob)):
-        hyps.append(Hypothesis(row[:n], lp / length_penalty(n + 1, alpha), lp))
-    return hyps
+    return hypotheses(*greedy_tokens(model, enc, src_mask, max_len_ratio, max_len_extra, check_every), alpha)
 
 
 @torch.no_grad()
@@ -132,9 +134,7 @@ def sample_search(
     of the drawn tokens, length-normalised with ``alpha`` as the other searches'."""
     enc = model.encode(src, src_mask)
     choose = sampler(top_k, top_p, temperature, generator)
-    tokens, lengths, log_prob = greedy_tokens(model, enc, src_mask, max_len_ratio, max_len_extra, check_every, choose)
-    return [Hypothesis(row[:n], lp / length_penalty(n + 1, alpha), lp)
-            for row, n, lp in zip(host(tokens), host(lengths), host(log_prob))]
+    return hypotheses(*greedy_tokens(model, enc, src_mask, max_len_ratio, max_len_extra, check_every, choose), alpha)
 
 
 @torch.no_grad()
@@ -206,7 +206,8 @@ def beam_search(
     prefix = torch.zeros(B * K, T, dtype=torch.long, device=device)  # (n*K, T): t tokens at step t
     prev = torch.full((B * K,), BOS_ID, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)  # (n,)
-    forced = torch.full((1,), neg_inf, device=device)  # set to a (V,) row of -inf but </s> at first use
+    forced = torch.full((model.tgt_vocab_size,), neg_inf, device=device)  # (V,): only </s> at the cap
+    forced[EOS_ID] = 0.0
 
     for t in range(T):
         n = len(live_host)
@@ -216,9 +217,6 @@ def beam_search(
         logp = logp.view(n, K, V)
         at_limit = t >= limit[sentence]  # (n,)
         if t >= min(limit_host[b] for b in live_host):  # known on the host: no read
-            if forced.numel() == 1:
-                forced = torch.full_like(logp[0, 0], neg_inf)
-                forced[EOS_ID] = 0.0
             logp = torch.where(at_limit.view(n, 1, 1), forced + logp[..., EOS_ID : EOS_ID + 1], logp)
         candidates = (scores.unsqueeze(-1) + logp).view(n, K * V)
         top_scores, top_index = candidates.topk(2 * K, dim=1)  # (n, 2K)

@@ -12,10 +12,9 @@ from pathlib import Path
 from torch import Tensor
 
 from attnmt.data.tokenizer import Tokenizer
-from attnmt.decode.checkpoint import CHECKPOINT_KEY, read_checkpoint, resolve_checkpoint
+from attnmt.decode.checkpoint import load_for_decoding
 from attnmt.errors import CheckpointError, ConfigError
 from attnmt.models import Seq2Seq
-from attnmt.utils.legacy import upgrade_targets
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +30,13 @@ class Source:
 
 
 def read_source(path: str | Path) -> Source:
-    """The checkpoint at ``path`` (a file, or a run folder: its best checkpoint), read as data."""
+    """The checkpoint at ``path`` (a file, or a run folder: its best checkpoint), loaded as
+    decoding loads it (data only, its stored classes checked, its weights against its config)."""
     try:
-        ckpt_path = resolve_checkpoint(path)
-        ckpt = read_checkpoint(ckpt_path)
-        meta = ckpt[CHECKPOINT_KEY]
-        config = meta["config"]
-        upgrade_targets(config)
-        tokenizer = Tokenizer.from_state(meta["tokenizer"])
-    except CheckpointError as e:
-        raise ConfigError(f"init={path}: {e}") from None
-    except Exception as e:  # a damaged attnmt entry
-        raise ConfigError(f"init={path}: not a usable attnmt checkpoint ({type(e).__name__}: {str(e)[:100]})") from None
-    weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    return Source(ckpt_path, weights, tokenizer, dict(config["model"]))
+        model, tokenizer, config, ckpt_path = load_for_decoding(path)
+    except CheckpointError as e:  # its message starts with the path
+        raise ConfigError(f"init={e}") from None
+    return Source(ckpt_path, model.state_dict(), tokenizer, dict(config["model"]))
 
 
 def first_difference(ours: dict, theirs: dict, prefix: str = "model") -> str | None:
