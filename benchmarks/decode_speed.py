@@ -179,8 +179,8 @@ def main() -> None:
             if gpu:
                 torch.cuda.empty_cache()
 
-    print(f"\n| model | decoder | compute type | search | sentences/s | target tokens/s | x attnmt fp32 | BLEU "
-          f"| = fp32 | peak GPU MiB |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| model | decoder | compute type | search | sentences/s | target tokens/s | x attnmt fp32 | BLEU "
+          "| = fp32 | peak GPU MiB |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['decoder']} | {r['compute_type']} | {r['search']} | {r['sent_s']} | {r['tok_s']} "
               f"| {r['x_fp32']} | {r['bleu'] if r['bleu'] is not None else '-'} | {r['same_as_fp32']:.1%} "

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -132,8 +132,8 @@ def test_the_attention_monitor_and_run_page_on_the_gpu(gpu_run):
 
 
 def test_averaging_and_decoding_the_average(gpu_run, capsys):
-    from attnmt.deploy.translate import TranslateSettings, Translator
     from attnmt.decode.settings import DecodeSettings
+    from attnmt.deploy.translate import TranslateSettings, Translator
     from attnmt.train.average import main as average_main
 
     average_main([f"ckpt={gpu_run}", "last=2"])
@@ -155,8 +155,8 @@ def test_evaluation_writes_scores_aer_and_heatmaps(gpu_run, tmp_path):
 
 
 def translations(ckpt, lines: list[str], **decode) -> list[str]:
-    from attnmt.deploy.translate import TranslateSettings, Translator
     from attnmt.decode.settings import DecodeSettings
+    from attnmt.deploy.translate import TranslateSettings, Translator
 
     return Translator(TranslateSettings(ckpt=str(ckpt), scores=True), DecodeSettings(**decode), False).translate(lines)
 

@@ -14,9 +14,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from attnmt.data.dataset import encode_for_eval
 from attnmt.data.io import read_parallel
 from attnmt.data.tokenizer import EOS_ID
+from attnmt.decode import search
 from attnmt.decode.checkpoint import load_for_decoding
 from attnmt.decode.hypothesis import length_penalty
-from attnmt.decode import search
 from attnmt.decode.search import beam_search, greedy_search, max_output_lengths, score_hypotheses
 from attnmt.models.base import Seq2Seq
 
@@ -418,11 +418,11 @@ def test_batched_beam_search_equals_one_sentence_at_a_time(trained):
 def test_output_length_cap_is_respected(trained):
     model, batch = trained
     cap = max_output_lengths(batch["src_mask"], 0.2, 1).tolist()
-    for search in (
+    for run_search in (
         lambda: [[h] for h in greedy_search(model, batch["src"], batch["src_mask"], 0.2, 1)],
         lambda: beam_search(model, batch["src"], batch["src_mask"], 3, 0.0, 0.2, 1, n_best=3),
     ):
-        for hyps, limit in zip(search(), cap):
+        for hyps, limit in zip(run_search(), cap):
             assert hyps and all(len(h.tokens) <= limit and math.isfinite(h.score) for h in hyps)
 
 

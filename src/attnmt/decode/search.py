@@ -13,7 +13,8 @@ that point ``</s>`` is forced, so greedy decoding and beam search with one beam 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
