@@ -14,7 +14,7 @@ from attnmt.errors import ConfigError
 from attnmt.train.run import train
 from attnmt.train.task import token_loss
 
-from conftest import compose_config, tiny_overrides
+from conftest import MODELS, compose_config, tiny_overrides
 
 
 class FirstBatch(Callback):
@@ -34,7 +34,7 @@ def first_loss(run) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["rnn_bahdanau", "transformer"])
+@pytest.mark.parametrize("name", MODELS)
 def test_a_run_from_init_starts_with_the_source_models_loss_and_tokenizer(name, trained_runs, tiny_data_dir,
                                                                           tmp_path, monkeypatch):
     source_run = trained_runs[1][name][1]
