@@ -40,7 +40,7 @@ def read_source(path: str | Path) -> Source:
 
 
 def first_difference(ours: dict, theirs: dict, prefix: str = "model") -> str | None:
-    """``key=ours (source: theirs)`` for the first model key whose value differs, else None."""
+    """``model.key=ours (the source has theirs)`` for the first key whose value differs, else None."""
     for key in [*ours, *(k for k in theirs if k not in ours)]:
         if ours.get(key) != theirs.get(key):
             return f"{prefix}.{key}={ours.get(key)} (the source has {theirs.get(key)})"
